@@ -1,0 +1,254 @@
+//! One running proxy: applies configs (compile, bind new listeners, swap snapshots), and runs
+//! the control side (admin port, config watching, signals, graceful shutdown) on the thread
+//! that calls `run`, apart from the workers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::listener::{self, Accept};
+use crate::snapshot::{self, ListenerSnapshot, Shared, Snapshot};
+use crate::workers::Workers;
+
+/// A listener as the workers run it; identity is (name, address).
+struct LiveListener {
+    handle: Arc<ArcSwap<ListenerSnapshot>>,
+    stop: CancellationToken,
+}
+
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    current: ArcSwapOption<Snapshot>,
+    /// Serializes config changes; never touched by the request path.
+    listeners: Mutex<HashMap<(String, SocketAddr), LiveListener>>,
+    workers: Workers,
+    /// Cancelled when shutdown begins: listeners stop accepting, connections drain.
+    pub drain: CancellationToken,
+    /// Cancelled to ask for a shutdown (SIGTERM, `POST /shutdown`).
+    pub shutdown: CancellationToken,
+    /// Every downstream connection, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    version: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(workers: usize) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            shared: Arc::new(Shared::new()),
+            current: ArcSwapOption::empty(),
+            listeners: Mutex::new(HashMap::new()),
+            workers: Workers::spawn(workers.max(1))?,
+            drain: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            version: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    /// Ready: a config is serving and shutdown has not begun.
+    pub fn ready(&self) -> bool {
+        self.current.load().is_some() && !self.drain.is_cancelled()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Validates, compiles and swaps in `config`. On any error nothing changes and the running
+    /// config keeps serving. In-flight requests finish on the snapshot they started with.
+    pub fn apply(&self, config: Config) -> Result<u64, ConfigError> {
+        let mut live = match self.listeners.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let previous = self.current.load_full();
+        let version = self.version.load(Ordering::Relaxed) + 1;
+        if let Some(prev) = &previous
+            && prev.config.workers != config.workers
+        {
+            tracing::warn!("a change of `workers` takes effect at the next restart");
+        }
+        let snap = snapshot::compile(config, previous.as_deref(), &self.shared, version)?;
+
+        // Bind every new listener before changing anything: a busy port refuses the config.
+        let mut fresh = Vec::new();
+        for l in &snap.listeners {
+            if live.contains_key(&(l.name.clone(), l.address)) {
+                continue;
+            }
+            let sockets = (0..self.workers.len())
+                .map(|_| listener::bind(l.address))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| ConfigError::Bind {
+                    name: l.name.clone(),
+                    address: l.address,
+                    source,
+                })?;
+            fresh.push((Arc::clone(l), sockets));
+        }
+
+        // Commit: update kept listeners, start new ones, stop removed ones.
+        let keep: HashMap<(String, SocketAddr), &Arc<ListenerSnapshot>> = snap
+            .listeners
+            .iter()
+            .map(|l| ((l.name.clone(), l.address), l))
+            .collect();
+        live.retain(|key, l| match keep.get(key) {
+            Some(s) => {
+                l.handle.store(Arc::clone(s));
+                true
+            }
+            None => {
+                tracing::info!(listener = %key.0, address = %key.1, "listener removed");
+                l.stop.cancel();
+                false
+            }
+        });
+        for (l, sockets) in fresh {
+            let handle = Arc::new(ArcSwap::new(Arc::clone(&l)));
+            let stop = self.drain.child_token();
+            let (open, accepted) = self.shared.metrics.listener_connections(&l.name);
+            for (i, socket) in sockets.into_iter().enumerate() {
+                self.workers.listen(
+                    i,
+                    Accept {
+                        socket,
+                        handle: Arc::clone(&handle),
+                        stop: stop.clone(),
+                        drain: self.drain.clone(),
+                        tracker: self.connections.clone(),
+                        open: open.clone(),
+                        accepted: accepted.clone(),
+                    },
+                );
+            }
+            tracing::info!(listener = %l.name, address = %l.address, protocol = ?l.protocol, "listening");
+            live.insert((l.name.clone(), l.address), LiveListener { handle, stop });
+        }
+        self.version.store(version, Ordering::Relaxed);
+        self.shared.metrics.config_version.set(version as i64);
+        self.current.store(Some(Arc::new(snap)));
+        Ok(version)
+    }
+
+    /// Applies `text` (a YAML document), counting the outcome in metrics and the log.
+    pub fn apply_yaml(&self, text: &str, source: &str) -> Result<u64, ConfigError> {
+        let result = Config::from_yaml(text).and_then(|c| self.apply(c));
+        match &result {
+            Ok(v) => {
+                self.shared.metrics.reload(true);
+                tracing::info!(version = v, %source, "config applied");
+            }
+            Err(e) => {
+                self.shared.metrics.reload(false);
+                let running = self.version.load(Ordering::Relaxed);
+                tracing::error!(%source, running_version = running, "config refused, the running config keeps serving: {e}");
+            }
+        }
+        result
+    }
+
+    /// Stops accepting, drains connections (HTTP/2 clients get GOAWAY), and waits for them up
+    /// to the config's grace period.
+    pub async fn drain_and_wait(&self) {
+        let grace = self
+            .snapshot()
+            .map_or(Duration::from_secs(30), |s| s.config.shutdown_grace);
+        tracing::info!(?grace, "draining");
+        self.drain.cancel();
+        self.connections.close();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.connections.len(),
+                "grace period over; closing remaining connections"
+            );
+        } else {
+            tracing::info!("drained");
+        }
+    }
+}
+
+pub fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Options of `tern-proxy run`.
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Overrides the config's `workers`.
+    pub workers: Option<usize>,
+}
+
+/// Runs the proxy until SIGTERM/SIGINT or `POST /shutdown`, then drains. Call on a
+/// current-thread runtime: this is the control thread.
+pub async fn run(opts: RunOptions) -> Result<(), ConfigError> {
+    let text = read_config(&opts.config)?;
+    let config = Config::from_yaml(&text)?;
+    crate::config::validate(&config)?;
+    let workers = opts
+        .workers
+        .or(config.workers)
+        .unwrap_or_else(crate::workers::available_cpus);
+    let admin_addr = config.admin.address;
+    let proxy = Proxy::new(workers).map_err(|source| ConfigError::Bind {
+        name: "workers".into(),
+        address: admin_addr,
+        source,
+    })?;
+    let admin = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| ConfigError::Bind {
+            name: "admin".into(),
+            address: admin_addr,
+            source,
+        })?;
+    tokio::spawn(crate::admin::serve(Arc::clone(&proxy), admin));
+    let source = opts.config.display().to_string();
+    if let Err(e) = proxy.apply_yaml(&text, &source) {
+        return Err(e);
+    }
+    tracing::info!(workers, admin = %admin_addr, "tern-proxy running");
+    crate::reload::spawn(Arc::clone(&proxy), opts.config.clone(), text);
+
+    wait_for_shutdown(&proxy).await;
+    proxy.drain_and_wait().await;
+    Ok(())
+}
+
+async fn wait_for_shutdown(proxy: &Proxy) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::warn!("cannot install signal handlers; only POST /shutdown stops the proxy");
+            proxy.shutdown.cancelled().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+        () = proxy.shutdown.cancelled() => tracing::info!("shutdown requested on the admin port"),
+    }
+}

@@ -1,0 +1,170 @@
+//! Header hygiene at the proxy boundary: hop-by-hop stripping (RFC 9110 §7.6.1) and the
+//! `Host` checks hyper leaves to us (two `Host`s, a missing one, absolute-form disagreement).
+
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
+
+use crate::error::ProxyError;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
+/// `Transfer-Encoding`, `Upgrade` (unless this exchange is an upgrade), `Proxy-*`, and `TE`
+/// except its `trailers` token (gRPC needs it end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(conn) = headers.get(CONNECTION) {
+        // Rare: collect names only when a Connection header exists.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(upgrade && n == UPGRADE))
+            .collect();
+        let keep_conn = upgrade && conn.as_bytes().eq_ignore_ascii_case(b"upgrade");
+        for n in named {
+            headers.remove(&n);
+        }
+        if upgrade {
+            if !keep_conn {
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+        } else {
+            headers.remove(CONNECTION);
+        }
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(TRANSFER_ENCODING);
+    if !upgrade {
+        headers.remove(UPGRADE);
+    }
+    if let Some(te) = headers.get(TE) {
+        let trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(TE);
+        }
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for k in proxy {
+            headers.remove(k);
+        }
+    }
+}
+
+/// An HTTP/1.1 upgrade request (WebSocket and friends): `Connection: upgrade` plus `Upgrade`.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// The request's authority, checked: one `Host` at most, required on HTTP/1.1, and agreeing
+/// with the absolute-form URI or HTTP/2 `:authority` when both are present.
+pub fn authority<B>(req: &Request<B>) -> Result<&str, ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header\n"));
+    }
+    let host = match host {
+        Some(h) => Some(
+            h.to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header\n"))?,
+        ),
+        None => None,
+    };
+    match (req.uri().authority(), host) {
+        (Some(a), Some(h)) => {
+            if a.as_str().eq_ignore_ascii_case(h) {
+                Ok(a.as_str())
+            } else {
+                Err(ProxyError::BadRequest(
+                    "the Host header disagrees with the request target\n",
+                ))
+            }
+        }
+        (Some(a), None) => Ok(a.as_str()),
+        (None, Some(h)) if !h.is_empty() => Ok(h),
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("missing Host header\n"))
+        }
+        (None, h) => Ok(h.unwrap_or("")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(authority(&req(Version::HTTP_11, "/", &["a.b"])), Ok("a.b"));
+        assert!(authority(&req(Version::HTTP_11, "/", &["a", "b"])).is_err());
+        assert!(authority(&req(Version::HTTP_11, "/", &[])).is_err());
+        assert_eq!(authority(&req(Version::HTTP_10, "/", &[])), Ok(""));
+        assert_eq!(
+            authority(&req(Version::HTTP_11, "http://a.b/x", &["A.B"])),
+            Ok("a.b")
+        );
+        assert!(authority(&req(Version::HTTP_11, "http://a.b/x", &["c.d"])).is_err());
+        assert_eq!(
+            authority(&req(Version::HTTP_2, "http://a.b/x", &[])),
+            Ok("a.b")
+        );
+    }
+
+    #[test]
+    fn strips_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "x-keep"]);
+        assert_eq!(h[TE], "trailers");
+
+        let mut h = HeaderMap::new();
+        h.insert(TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn keeps_upgrade_on_upgrade_exchanges() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "Upgrade");
+    }
+}

@@ -1,0 +1,185 @@
+//! Upstream connections, pooled per worker thread and indexed by endpoint slot. Every task of a
+//! worker runs on the worker's one thread, so the pool is a thread-local `RefCell`: no lock, no
+//! hashing, and checkout is a `Vec` pop. HTTP/1 connections are reused one exchange at a time
+//! and come back when the response body has been read to its end; an HTTP/2 connection is
+//! shared by every request to its endpoint.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamProtocol;
+use crate::error::ProxyError;
+use crate::http::body::RequestBody;
+use crate::snapshot::{BackendRt, EndpointRt};
+
+pub type H1Sender = http1::SendRequest<RequestBody>;
+pub type H2Sender = http2::SendRequest<RequestBody>;
+
+#[derive(Default)]
+struct Slot {
+    /// Idle HTTP/1 connections with the instant each expires, most recently used last (LIFO
+    /// keeps the hot ones warm).
+    idle: Vec<(H1Sender, Instant)>,
+    h2: Option<H2Sender>,
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_slot<R>(slot: usize, f: impl FnOnce(&mut Slot) -> R) -> R {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() <= slot {
+            p.resize_with(slot + 1, Slot::default);
+        }
+        f(&mut p[slot])
+    })
+}
+
+/// A connection ready for one request.
+pub enum Checkout {
+    H1(H1Sender, Returner),
+    H2(H2Sender),
+}
+
+/// Gives an HTTP/1 connection back to its worker's pool once its exchange is complete.
+/// Dropped without `release`, the connection is closed (the exchange did not finish cleanly).
+#[derive(Debug)]
+pub struct Returner {
+    sender: Option<H1Sender>,
+    slot: usize,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Returner {
+    /// The sender slot must be filled with the connection after the request was handed to it.
+    pub fn arm(&mut self, sender: H1Sender) {
+        self.sender = Some(sender);
+    }
+
+    pub fn release(mut self) {
+        if let Some(s) = self.sender.take()
+            && !s.is_closed()
+        {
+            let (max, expires) = (self.max_idle, Instant::now() + self.idle_timeout);
+            with_slot(self.slot, |slot| {
+                if slot.idle.len() < max {
+                    slot.idle.push((s, expires));
+                }
+            });
+        }
+    }
+}
+
+/// A connection to `ep`: pooled if one is idle and alive, else a new one.
+pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, ProxyError> {
+    let s = &backend.settings;
+    match s.protocol {
+        UpstreamProtocol::Http1 => {
+            let returner = Returner {
+                sender: None,
+                slot: ep.slot,
+                max_idle: s.max_idle_per_endpoint,
+                idle_timeout: s.idle_timeout,
+            };
+            while let Some((mut sender, expires)) = with_slot(ep.slot, |slot| slot.idle.pop()) {
+                if sender.is_closed() || Instant::now() > expires {
+                    continue;
+                }
+                if sender.is_ready() || sender.ready().await.is_ok() {
+                    return Ok(Checkout::H1(sender, returner));
+                }
+            }
+            let sender = connect_h1(ep.addr, s.connect_timeout).await?;
+            Ok(Checkout::H1(sender, returner))
+        }
+        UpstreamProtocol::Http2 => {
+            if let Some(sender) = with_slot(ep.slot, |slot| {
+                slot.h2.as_ref().filter(|s| !s.is_closed()).cloned()
+            }) {
+                return Ok(Checkout::H2(sender));
+            }
+            let sender = connect_h2(ep.addr, s.connect_timeout).await?;
+            with_slot(ep.slot, |slot| slot.h2 = Some(sender.clone()));
+            Ok(Checkout::H2(sender))
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, ProxyError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "upstream connect failed");
+            return Err(ProxyError::ConnectFailed);
+        }
+        Err(_) => {
+            tracing::debug!(%addr, ?timeout, "upstream connect timed out");
+            return Err(ProxyError::ConnectFailed);
+        }
+    };
+    // Small requests and responses must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, ProxyError> {
+    let io = connect(addr, timeout).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|_| ProxyError::ConnectFailed)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Sender, ProxyError> {
+    let io = connect(addr, timeout).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(2 << 20)
+        .handshake(io)
+        .await
+        .map_err(|_| ProxyError::ConnectFailed)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Closes this worker's idle connections past their idle timeout (run periodically per worker,
+/// so connections to endpoints that are gone do not linger).
+pub fn sweep() {
+    let now = Instant::now();
+    POOL.with(|p| {
+        for slot in p.borrow_mut().iter_mut() {
+            slot.idle
+                .retain(|(s, expires)| !s.is_closed() && now <= *expires);
+            if slot.h2.as_ref().is_some_and(|s| s.is_closed()) {
+                slot.h2 = None;
+            }
+        }
+    });
+}
+
+/// A new HTTP/1 connection, bypassing the idle list (used when a pooled one proved dead).
+pub async fn connect_fresh_h1(
+    backend: &BackendRt,
+    ep: &EndpointRt,
+) -> Result<H1Sender, ProxyError> {
+    connect_h1(ep.addr, backend.settings.connect_timeout).await
+}

@@ -1,0 +1,365 @@
+//! The request path: route, pick a backend and an endpoint, forward, and write the response
+//! back. Every failure becomes a response here; nothing reaches hyper as an error.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{HOST, LOCATION};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::config::{PathModifier, Redirect, UpstreamProtocol};
+use crate::error::ProxyError;
+use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
+use crate::http::pool::{self, Checkout};
+use crate::metrics::TargetMetrics;
+use crate::router::{RequestParts, normalize_path};
+use crate::snapshot::{ListenerSnapshot, RouteRt};
+
+/// What every request on one downstream connection shares.
+pub struct ConnCtx {
+    pub listener: Arc<ArcSwap<ListenerSnapshot>>,
+    pub client: SocketAddr,
+}
+
+/// The hyper-facing service function: infallible, records metrics for every answer.
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    // One snapshot for the whole exchange: a reload mid-request never mixes two configs.
+    let snap = ctx.listener.load_full();
+    let version = req.version();
+    let (mut resp, metrics) = match forward(req, &snap).await {
+        Ok(ok) => ok,
+        Err((e, m)) => (e.into_response(), m),
+    };
+    metrics.record(resp.status(), start.elapsed());
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        *resp.version_mut() = version;
+    }
+    Ok(resp)
+}
+
+type Failed<'a> = (ProxyError, &'a TargetMetrics);
+
+async fn forward(
+    mut req: Request<Incoming>,
+    snap: &ListenerSnapshot,
+) -> Result<(Response<ResponseBody>, &TargetMetrics), Failed<'_>> {
+    let host = match authority(&req) {
+        Ok(h) => h,
+        Err(e) => return Err((e, &snap.no_route)),
+    };
+    let raw_path = req.uri().path();
+    let path = normalize_path(raw_path);
+    let found = snap.router.find(&RequestParts {
+        host,
+        method: req.method(),
+        path: &path,
+        query: req.uri().query(),
+        headers: req.headers(),
+    });
+    let Some(found) = found else {
+        return Err((ProxyError::NoRoute, &snap.no_route));
+    };
+    let Some(route) = snap.routes.get(found.route) else {
+        return Err((ProxyError::NoRoute, &snap.no_route));
+    };
+
+    if let Some(redirect) = &route.redirect {
+        let resp = redirect_response(redirect, host, &path, found.prefix_len, req.uri().query());
+        return Ok((resp, &route.local));
+    }
+
+    let Some(target) = route.split.pick() else {
+        return Err((ProxyError::NoEndpoints, &route.local));
+    };
+    let m = &target.metrics;
+    let Some(backend) = snap.backends.get(target.backend) else {
+        return Err((ProxyError::NoEndpoints, m));
+    };
+    let Some(ep) = backend.pick() else {
+        return Err((ProxyError::NoEndpoints, m));
+    };
+
+    // Rewrite the target: normalized path (what we routed on is what the upstream sees),
+    // route rewrites, and the URI form the upstream protocol wants.
+    let proto = backend.settings.protocol;
+    let new_path = rewritten_path(route, &path, found.prefix_len);
+    let host_value = match &route.rewrite_host {
+        Some(h) => Some(h.clone()),
+        None if req.headers().contains_key(HOST) && proto == UpstreamProtocol::Http1 => None,
+        None => HeaderValue::from_str(host).ok(),
+    };
+    let changed_path = new_path.as_deref().or(match &path {
+        std::borrow::Cow::Owned(p) => Some(p.as_str()),
+        std::borrow::Cow::Borrowed(_) => None,
+    });
+    let uri = match upstream_uri(req.uri(), changed_path, proto, host_value.as_ref()) {
+        Ok(u) => u,
+        Err(e) => return Err((e, m)),
+    };
+    *req.uri_mut() = uri;
+
+    let upgrade = proto == UpstreamProtocol::Http1 && is_upgrade(&req);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    match proto {
+        UpstreamProtocol::Http1 => {
+            if let Some(h) = host_value {
+                headers.insert(HOST, h);
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            headers.remove(HOST);
+            *req.version_mut() = Version::HTTP_2;
+        }
+    }
+    route.request_headers.apply(req.headers_mut());
+    let req = req.map(RequestBody::Incoming);
+
+    let exchange = send(backend, ep, req, upgrade);
+    let result = match route.timeout {
+        Some(t) => match tokio::time::timeout(t, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::Timeout),
+        },
+        None => exchange.await,
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => return Err((e, m)),
+    };
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(down) = downstream_upgrade {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(down, up) {
+                Ok((down, up)) => {
+                    let (mut d, mut u) = (TokioIo::new(down), TokioIo::new(up));
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    route.response_headers.apply(resp.headers_mut());
+    Ok((resp, m))
+}
+
+/// Sends on a pooled connection; an HTTP/1 connection that turns out dead before the request
+/// was written (the upstream closed it while idle) is replaced once, transparently.
+async fn send(
+    backend: &crate::snapshot::BackendRt,
+    ep: &crate::snapshot::EndpointRt,
+    req: Request<RequestBody>,
+    upgrade: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    match pool::checkout(backend, ep).await? {
+        Checkout::H1(mut sender, mut returner) => {
+            let resp = match sender.try_send_request(req).await {
+                Ok(r) => r,
+                Err(mut e) => {
+                    let Some(req) = e.take_message() else {
+                        tracing::debug!(error = %e.error(), "upstream exchange failed");
+                        return Err(ProxyError::UpstreamReset);
+                    };
+                    let mut fresh = pool::connect_fresh_h1(backend, ep).await?;
+                    let r = fresh.send_request(req).await.map_err(|e| {
+                        tracing::debug!(error = %e, "upstream exchange failed");
+                        ProxyError::UpstreamReset
+                    })?;
+                    sender = fresh;
+                    r
+                }
+            };
+            if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Ok(resp.map(|body| ResponseBody::Upstream {
+                    body,
+                    returner: None,
+                }));
+            }
+            returner.arm(sender);
+            Ok(resp.map(|body| ResponseBody::Upstream {
+                body,
+                returner: Some(returner),
+            }))
+        }
+        Checkout::H2(mut sender) => {
+            let resp = sender.send_request(req).await.map_err(|e| {
+                tracing::debug!(error = %e, "upstream HTTP/2 exchange failed");
+                ProxyError::UpstreamReset
+            })?;
+            Ok(resp.map(|body| ResponseBody::Upstream {
+                body,
+                returner: None,
+            }))
+        }
+    }
+}
+
+/// The URI to send upstream: origin-form for HTTP/1, absolute for HTTP/2 (`:scheme` and
+/// `:authority` come from it). Reuses the client's URI untouched when nothing changed.
+fn upstream_uri(
+    uri: &Uri,
+    new_path: Option<&str>,
+    proto: UpstreamProtocol,
+    host: Option<&HeaderValue>,
+) -> Result<Uri, ProxyError> {
+    let bad = || ProxyError::BadRequest("cannot build the upstream request target\n");
+    let pq: PathAndQuery = match new_path {
+        Some(p) => {
+            let s = match uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p.to_owned(),
+            };
+            PathAndQuery::try_from(s).map_err(|_| bad())?
+        }
+        None => match uri.path_and_query() {
+            Some(pq) => pq.clone(),
+            None => PathAndQuery::from_static("/"),
+        },
+    };
+    match proto {
+        UpstreamProtocol::Http1 => Ok(Uri::from(pq)),
+        UpstreamProtocol::Http2 => {
+            let authority = match (host, uri.authority()) {
+                (Some(h), _) => Authority::try_from(h.as_bytes()).map_err(|_| bad())?,
+                (None, Some(a)) => a.clone(),
+                (None, None) => Authority::from_static("localhost"),
+            };
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| bad())
+        }
+    }
+}
+
+/// The path after the route's URL rewrite, if it has one.
+fn rewritten_path(route: &RouteRt, path: &str, prefix_len: usize) -> Option<String> {
+    route
+        .rewrite_path
+        .as_ref()
+        .map(|m| apply_path_modifier(m, path, prefix_len))
+}
+
+fn apply_path_modifier(m: &PathModifier, path: &str, prefix_len: usize) -> String {
+    match m {
+        PathModifier::ReplaceFullPath(p) => p.clone(),
+        PathModifier::ReplacePrefixMatch(replacement) => {
+            let rest = path.get(prefix_len..).unwrap_or("");
+            let base = replacement.trim_end_matches('/');
+            match (base.is_empty(), rest.is_empty()) {
+                (true, true) => "/".to_owned(),
+                (true, false) => rest.to_owned(),
+                (false, _) => format!("{base}{rest}"),
+            }
+        }
+    }
+}
+
+fn redirect_response(
+    r: &Redirect,
+    host: &str,
+    path: &str,
+    prefix_len: usize,
+    query: Option<&str>,
+) -> Response<ResponseBody> {
+    let (req_host, req_port) = split_host_port(host);
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let hostname = r.hostname.as_deref().unwrap_or(req_host);
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => req_port,
+    };
+    let port = port.filter(|&p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+    let new_path = match &r.path {
+        Some(m) => apply_path_modifier(m, path, prefix_len),
+        None => path.to_owned(),
+    };
+    let mut location = format!("{scheme}://{hostname}");
+    if let Some(p) = port {
+        location.push_str(&format!(":{p}"));
+    }
+    location.push_str(&new_path);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::FOUND);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
+fn split_host_port(host: &str) -> (&str, Option<u16>) {
+    // IPv6 literals keep their brackets; the port follows the closing one.
+    let colon = match host.rfind(']') {
+        Some(end) => host[end..].find(':').map(|i| end + i),
+        None => host.rfind(':'),
+    };
+    match colon {
+        Some(i) => match host[i + 1..].parse() {
+            Ok(p) => (&host[..i], Some(p)),
+            Err(_) => (host, None),
+        },
+        None => (host, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrites() {
+        let m = PathModifier::ReplacePrefixMatch("/v2".into());
+        assert_eq!(apply_path_modifier(&m, "/api/users", 4), "/v2/users");
+        assert_eq!(apply_path_modifier(&m, "/api", 4), "/v2");
+        let root = PathModifier::ReplacePrefixMatch("/".into());
+        assert_eq!(apply_path_modifier(&root, "/api/users", 4), "/users");
+        assert_eq!(apply_path_modifier(&root, "/api", 4), "/");
+        let slash = PathModifier::ReplacePrefixMatch("/v2/".into());
+        assert_eq!(apply_path_modifier(&slash, "/api/x", 4), "/v2/x");
+    }
+
+    #[test]
+    fn host_port_split() {
+        assert_eq!(split_host_port("a.b:8080"), ("a.b", Some(8080)));
+        assert_eq!(split_host_port("a.b"), ("a.b", None));
+        assert_eq!(split_host_port("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(split_host_port("[::1]"), ("[::1]", None));
+    }
+
+    #[test]
+    fn redirect_location() {
+        let r = Redirect {
+            scheme: Some("https".into()),
+            hostname: None,
+            port: None,
+            path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
+            status_code: 301,
+        };
+        let resp = redirect_response(&r, "shop.example:8080", "/old/x", 4, Some("a=1"));
+        assert_eq!(resp.status(), 301);
+        assert_eq!(resp.headers()[LOCATION], "https://shop.example/new/x?a=1");
+    }
+}

@@ -1,0 +1,30 @@
+//! Tern's data-plane proxy.
+//!
+//! Layout: `config` is the typed contract (YAML or pushed by the control plane) and its
+//! validation; `snapshot` compiles it into the immutable tables the request path reads;
+//! `app` applies configs and runs the control thread (`admin`, `reload`); `workers` are
+//! single-threaded runtimes that each accept on their own `SO_REUSEPORT` sockets
+//! (`listener`), detect the protocol (`detect`), and serve HTTP (`http`: server, the request
+//! path in `http::proxy`, the upstream `http::pool`) or opaque TCP (`tcp`). Routing is
+//! `router`, the weighted canary pick is `split`, failures map to responses in `error`.
+//! `docs/request-lifecycle.md` draws a request's way through these.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod detect;
+pub mod error;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod reload;
+pub mod router;
+pub mod snapshot;
+pub mod split;
+pub mod tcp;
+pub mod workers;
