@@ -259,7 +259,7 @@ fn check_route(c: &mut Checker, at: &str, r: &Route, backends: &HashSet<&str>) {
                     }
                     PathMatchType::RegularExpression => {
                         if let Err(e) = regex::Regex::new(&p.value) {
-                            c.report(format!("{at}.path.value"), format!("invalid regex: {e}"));
+                            c.report(format!("{at}.path.value"), regex_problem(&e));
                         }
                     }
                 }
@@ -346,7 +346,7 @@ fn check_value_match(c: &mut Checker, at: &str, kind: ValueMatchType, value: Opt
         (_, None) => c.report(format!("{at}.value"), "required for this match type"),
         (ValueMatchType::RegularExpression, Some(v)) => {
             if let Err(e) = regex::Regex::new(v) {
-                c.report(format!("{at}.value"), format!("invalid regex: {e}"));
+                c.report(format!("{at}.value"), regex_problem(&e));
             }
         }
         (ValueMatchType::Exact, Some(_)) => {}
@@ -471,4 +471,11 @@ fn check_hostname(h: &str) -> Result<(), String> {
         return Err(format!("{h:?}: IP addresses are not allowed as hostnames"));
     }
     Ok(())
+}
+
+/// The regex crate's errors span several lines (pattern, caret, reason); keep the reason.
+fn regex_problem(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let reason = text.lines().last().unwrap_or("").trim_start_matches("error: ");
+    format!("invalid regex: {reason}")
 }
