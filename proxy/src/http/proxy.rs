@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use http::header::{HOST, LOCATION};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -192,10 +193,15 @@ async fn send(
                 }));
             }
             returner.arm(sender);
-            Ok(resp.map(|body| ResponseBody::Upstream {
-                body,
-                returner: Some(returner),
-            }))
+            // A response without a body (HEAD, 204, 304) is never polled downstream: hand
+            // the connection back now rather than dropping it with the body.
+            let returner = if resp.body().is_end_stream() {
+                returner.release();
+                None
+            } else {
+                Some(returner)
+            };
+            Ok(resp.map(|body| ResponseBody::Upstream { body, returner }))
         }
         Checkout::H2(mut sender) => {
             let resp = sender.send_request(req).await.map_err(|e| {
