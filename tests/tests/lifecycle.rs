@@ -71,10 +71,7 @@ async fn fifty_reloads_under_load_lose_no_request_and_the_split_follows() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                match client
-                    .try_send("GET", &url, &[], bytes::Bytes::new())
-                    .await
-                {
+                match client.try_send("GET", &url, &[], bytes::Bytes::new()).await {
                     Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
                     Ok(r) => {
                         eprintln!(
@@ -447,4 +444,66 @@ async fn a_broken_file_at_startup_exits_one_with_the_reason() {
         "{}",
         proxy.logs()
     );
+}
+
+/// On SIGTERM an HTTP/2 client gets GOAWAY: its open stream finishes, new streams are refused.
+#[tokio::test]
+async fn sigterm_sends_goaway_to_http2_clients() {
+    let slow = TestBackend::builder("slow")
+        .delay(Duration::from_millis(700))
+        .start()
+        .await;
+    let proxy = Proxy::start(format!(
+        "shutdown_grace: 10s\nlisteners:\n  - name: web\n    address: 127.0.0.1:0\n    protocol: http2\n    routes: [{{ name: all, backends: [{{ name: slow }}] }}]\nbackends:\n  - {}\n",
+        slow.yaml()
+    ))
+    .await;
+    let url = proxy.url("web", "/");
+    let request = || http::Request::get(url.as_str()).body(()).expect("request");
+    let mut h2 = tern_e2e::h2_connect(proxy.addr("web"))
+        .await
+        .expect("h2 connect");
+    let (in_flight, _) = h2.send_request(request(), true).expect("open a stream");
+    wait_for("the stream at the backend", DEADLINE, async || {
+        slow.requests() == 1
+    })
+    .await;
+
+    proxy.sigterm();
+    let response = in_flight
+        .await
+        .expect("the open stream completes during the drain");
+    assert_eq!(response.status(), 200);
+    let refused = async {
+        let mut h2 = h2.ready().await?;
+        let (response, _) = h2.send_request(request(), true)?;
+        response.await
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "a new stream after GOAWAY must be refused"
+    );
+    assert_eq!(slow.requests(), 1);
+    assert_eq!(proxy.wait_exit(DEADLINE).await.code(), Some(0));
+}
+
+/// A pooled upstream connection idle past the backend's `idle_timeout` is not reused.
+#[tokio::test]
+async fn upstream_idle_timeout_retires_pooled_connections() {
+    let a = TestBackend::echo("a").await;
+    let proxy = Proxy::start(format!(
+        "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    routes: [{{ name: all, backends: [{{ name: a }}] }}]\nbackends:\n  - name: a\n    endpoints: [{}]\n    idle_timeout: 300ms\n",
+        a.addr()
+    ))
+    .await;
+    let client = http1_client();
+    let url = proxy.url("web", "/");
+    client.get(&url).await;
+    client.get(&url).await;
+    assert_eq!(a.connections(), 1, "reused while fresh");
+    // The passage of time is what is under test here, not a wait for luck.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.get(&url).await;
+    assert_eq!(a.connections(), 2, "an expired idle connection was reused");
 }
