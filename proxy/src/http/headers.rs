@@ -11,38 +11,45 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Transfer-Encoding`, `Upgrade` (unless this exchange is an upgrade), `Proxy-*`, and `TE`
 /// except its `trailers` token (gRPC needs it end to end).
+///
+/// On the request path twice per exchange, so it first looks at the names present in one pass
+/// (most messages carry none of these, or only `Connection: keep-alive`) and only then edits.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(conn) = headers.get(CONNECTION) {
-        // Rare: collect names only when a Connection header exists.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(upgrade && n == UPGRADE))
-            .collect();
-        let keep_conn = upgrade && conn.as_bytes().eq_ignore_ascii_case(b"upgrade");
-        for n in named {
-            headers.remove(&n);
-        }
-        if upgrade {
-            if !keep_conn {
-                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            }
-        } else {
-            headers.remove(CONNECTION);
+    let (mut connection, mut keep_alive, mut te, mut transfer_encoding, mut upgrade_hdr, mut proxy) =
+        (false, false, false, false, false, false);
+    for name in headers.keys() {
+        if *name == CONNECTION {
+            connection = true;
+        } else if *name == TE {
+            te = true;
+        } else if *name == TRANSFER_ENCODING {
+            transfer_encoding = true;
+        } else if *name == UPGRADE {
+            upgrade_hdr = true;
+        } else if *name == KEEP_ALIVE {
+            keep_alive = true;
+        } else if name.as_str().starts_with("proxy-") {
+            proxy = true;
         }
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(TRANSFER_ENCODING);
-    if !upgrade {
+    if connection {
+        strip_connection(headers, upgrade);
+    }
+    if keep_alive {
+        headers.remove(KEEP_ALIVE);
+    }
+    if transfer_encoding {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if upgrade_hdr && !upgrade {
         headers.remove(UPGRADE);
     }
-    if let Some(te) = headers.get(TE) {
-        let trailers = te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    if te {
+        let trailers = headers.get_all(TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
         });
         if trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -50,15 +57,43 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(TE);
         }
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
+    if proxy {
+        let names: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))
             .cloned()
             .collect();
-        for k in proxy {
+        for k in names {
             headers.remove(k);
         }
+    }
+}
+
+/// Removes `Connection` and the headers it names. The usual tokens (`keep-alive`, `close`,
+/// `upgrade`) name no header to remove beyond those handled anyway, so they cost no parsing.
+fn strip_connection(headers: &mut HeaderMap, upgrade: bool) {
+    let is_plain = |t: &str| {
+        t.is_empty()
+            || t.eq_ignore_ascii_case("keep-alive")
+            || t.eq_ignore_ascii_case("close")
+            || t.eq_ignore_ascii_case("upgrade")
+    };
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !is_plain(t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(&n);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
     }
 }
 
@@ -154,8 +189,19 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert(TE, HeaderValue::from_static("gzip"));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         strip_hop_by_hop(&mut h, false);
-        assert!(h.is_empty());
+        assert!(h.is_empty(), "{h:?}");
+
+        // Headers named by Connection go, whatever their case in the token.
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive, X-Foo"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("x-bar", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-bar"]);
     }
 
     #[test]
@@ -165,6 +211,6 @@ mod tests {
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[UPGRADE], "websocket");
-        assert_eq!(h[CONNECTION], "Upgrade");
+        assert_eq!(h[CONNECTION], "upgrade");
     }
 }
