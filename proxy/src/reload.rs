@@ -13,8 +13,16 @@ use crate::app::{Proxy, read_config};
 /// Editors and `kubectl`-style tools write in several steps; wait for the burst to end.
 const SETTLE: Duration = Duration::from_millis(100);
 
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    FileChanged,
+    /// Forces a reload even when the file is unchanged.
+    Sighup,
+}
+
 pub fn spawn(proxy: Arc<Proxy>, path: PathBuf, applied: String) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
 
     // Watch the directory, not the file: an atomic rename replaces the file's inode.
     let dir = path
@@ -31,7 +39,7 @@ pub fn spawn(proxy: Arc<Proxy>, path: PathBuf, applied: String) {
                 .iter()
                 .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
         {
-            let _ = file_tx.send("file change");
+            let _ = file_tx.send(Trigger::FileChanged);
         }
     });
     let watcher = match watcher {
@@ -53,7 +61,7 @@ pub fn spawn(proxy: Arc<Proxy>, path: PathBuf, applied: String) {
         match signal(SignalKind::hangup()) {
             Ok(mut hup) => {
                 while hup.recv().await.is_some() {
-                    let _ = tx.send("SIGHUP");
+                    let _ = tx.send(Trigger::Sighup);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP"),
@@ -66,7 +74,7 @@ pub fn spawn(proxy: Arc<Proxy>, path: PathBuf, applied: String) {
         while let Some(mut why) = rx.recv().await {
             // Coalesce the burst of events one save makes.
             while let Ok(Some(w)) = tokio::time::timeout(SETTLE, rx.recv()).await {
-                if w == "SIGHUP" {
+                if w == Trigger::Sighup {
                     why = w;
                 }
             }
@@ -79,10 +87,10 @@ pub fn spawn(proxy: Arc<Proxy>, path: PathBuf, applied: String) {
                 }
             };
             // Unchanged content (a touch, a no-op save) is not a new version; SIGHUP forces one.
-            if text == last && why != "SIGHUP" {
+            if text == last && why != Trigger::Sighup {
                 continue;
             }
-            let source = format!("{} ({why})", path.display());
+            let source = format!("{} ({why:?})", path.display());
             if proxy.apply_yaml(&text, &source).is_ok() {
                 last = text;
             }

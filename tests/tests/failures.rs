@@ -107,3 +107,18 @@ async fn a_client_vanishing_mid_upload_is_cut_upstream_and_the_proxy_carries_on(
     assert_eq!(r.status, 200);
     assert_eq!(r.echo().path(), "/after");
 }
+
+/// CONNECT tunnels are not something the proxy offers: a clear 400, not a garbled forward.
+#[tokio::test]
+async fn connect_is_refused_with_a_reason() {
+    let a = TestBackend::echo("a").await;
+    let proxy = Proxy::start(tern_e2e::config::simple(&[&a])).await;
+    let raw = raw_http1(
+        proxy.addr("web"),
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), Some(400), "{raw}");
+    assert!(raw.contains("tern-proxy-error: bad-request"), "{raw}");
+    assert_eq!(a.requests(), 0);
+}

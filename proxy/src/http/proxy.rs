@@ -55,6 +55,12 @@ async fn forward(
     mut req: Request<Incoming>,
     snap: &ListenerSnapshot,
 ) -> Result<(Response<ResponseBody>, &TargetMetrics), Failed<'_>> {
+    if req.method() == http::Method::CONNECT {
+        return Err((
+            ProxyError::BadRequest("CONNECT tunnels are not supported\n"),
+            &snap.no_route,
+        ));
+    }
     let host = match authority(&req) {
         Ok(h) => h,
         Err(e) => return Err((e, &snap.no_route)),
