@@ -80,7 +80,13 @@ impl Proxy {
         {
             tracing::warn!("a change of `workers` takes effect at the next restart");
         }
-        let snap = snapshot::compile(config, previous.as_deref(), &self.shared, version)?;
+        let snap = snapshot::compile(
+            config,
+            previous.as_deref(),
+            &self.shared,
+            version,
+            self.workers.len(),
+        )?;
 
         // Bind every new listener before changing anything: a busy port refuses the config.
         let mut fresh = Vec::new();
@@ -222,9 +228,7 @@ pub async fn run(opts: RunOptions) -> Result<(), ConfigError> {
         })?;
     tokio::spawn(crate::admin::serve(Arc::clone(&proxy), admin));
     let source = opts.config.display().to_string();
-    if let Err(e) = proxy.apply_yaml(&text, &source) {
-        return Err(e);
-    }
+    proxy.apply_yaml(&text, &source)?;
     tracing::info!(workers, admin = %admin_addr, "tern-proxy running");
     crate::reload::spawn(Arc::clone(&proxy), opts.config.clone(), text);
 

@@ -73,13 +73,25 @@ pub struct ListenerSnapshot {
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
     pub http: HttpSettings,
-    pub router: Router,
+    /// One router per worker when the table has regexes: a `Regex` used from a thread other
+    /// than its first user takes a lock inside the regex crate; a clone per worker does not.
+    /// A single shared router otherwise.
+    routers: Vec<Router>,
     pub routes: Vec<RouteRt>,
     pub backends: Arc<Vec<Arc<BackendRt>>>,
     pub tcp_backend: Option<usize>,
     /// Requests that matched no route.
     pub no_route: TargetMetrics,
     pub version: u64,
+}
+
+impl ListenerSnapshot {
+    /// The route table for the calling worker thread.
+    pub fn router(&self) -> Option<&Router> {
+        self.routers
+            .get(crate::workers::current())
+            .or_else(|| self.routers.first())
+    }
 }
 
 pub struct RouteRt {
@@ -176,11 +188,13 @@ impl HeaderOps {
 }
 
 /// Validates `config` and compiles it. `previous` lends its per-backend state.
+/// `workers`: how many worker threads will read it (regex route tables are cloned per worker).
 pub fn compile(
     config: Config,
     previous: Option<&Snapshot>,
     shared: &Shared,
     version: u64,
+    workers: usize,
 ) -> Result<Snapshot, ConfigError> {
     config::validate(&config)?;
     let mut problems = Vec::new();
@@ -281,7 +295,11 @@ pub fn compile(
             address: l.address,
             protocol: l.protocol,
             http: l.http.clone(),
-            router,
+            routers: if uses_regex(&l.routes) {
+                vec![router; workers.max(1)]
+            } else {
+                vec![router]
+            },
             routes,
             backends: Arc::clone(&backends),
             tcp_backend: l.tcp_backend.as_deref().and_then(|n| index.get(n).copied()),
@@ -297,5 +315,20 @@ pub fn compile(
         config: Arc::new(config),
         listeners,
         backends,
+    })
+}
+
+fn uses_regex(routes: &[config::Route]) -> bool {
+    use config::{PathMatchType, ValueMatchType};
+    routes.iter().flat_map(|r| &r.matches).any(|m| {
+        m.path
+            .as_ref()
+            .is_some_and(|p| p.kind == PathMatchType::RegularExpression)
+            || m.headers
+                .iter()
+                .any(|h| h.kind == ValueMatchType::RegularExpression)
+            || m.query_params
+                .iter()
+                .any(|q| q.kind == ValueMatchType::RegularExpression)
     })
 }

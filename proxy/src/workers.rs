@@ -1,6 +1,7 @@
 //! Worker threads: each runs a single-threaded tokio runtime (thread-per-core, as nginx and
 //! Envoy do) with its own listening sockets and its own upstream connection pool.
 
+use std::cell::Cell;
 use std::thread;
 use std::time::Duration;
 
@@ -23,7 +24,10 @@ impl Workers {
                 .build()?;
             thread::Builder::new()
                 .name(format!("tern-worker-{i}"))
-                .spawn(move || rt.block_on(run(rx)))?;
+                .spawn(move || {
+                    WORKER.set(i);
+                    rt.block_on(run(rx))
+                })?;
             senders.push(tx);
         }
         Ok(Self { senders })
@@ -45,6 +49,15 @@ impl Workers {
             tracing::error!(worker = i, "worker is gone; listener not started");
         }
     }
+}
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// This thread's worker number (0 outside workers).
+pub fn current() -> usize {
+    WORKER.get()
 }
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Accept>) {

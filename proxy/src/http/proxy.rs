@@ -67,7 +67,10 @@ async fn forward(
     };
     let raw_path = req.uri().path();
     let path = normalize_path(raw_path);
-    let found = snap.router.find(&RequestParts {
+    let Some(router) = snap.router() else {
+        return Err((ProxyError::NoRoute, &snap.no_route));
+    };
+    let found = router.find(&RequestParts {
         host,
         method: req.method(),
         path: &path,
