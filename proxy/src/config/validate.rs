@@ -476,6 +476,10 @@ fn check_hostname(h: &str) -> Result<(), String> {
 /// The regex crate's errors span several lines (pattern, caret, reason); keep the reason.
 fn regex_problem(e: &regex::Error) -> String {
     let text = e.to_string();
-    let reason = text.lines().last().unwrap_or("").trim_start_matches("error: ");
+    let reason = text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim_start_matches("error: ");
     format!("invalid regex: {reason}")
 }
