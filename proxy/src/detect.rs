@@ -155,32 +155,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replays_prefix() {
-        let (mut a, b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut a, b"GET / HTTP/1.1\r\n")
-            .await
-            .expect("write");
-        let mut b = b;
-        let (p, buf) = detect(&mut b, Duration::from_secs(1))
-            .await
-            .expect("io")
-            .expect("data");
+    async fn replays_prefix() -> io::Result<()> {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"GET / HTTP/1.1\r\n").await?;
+        let detected = detect(&mut b, Duration::from_secs(1)).await?;
+        let Some((p, buf)) = detected else {
+            return Err(io::Error::other("no data detected"));
+        };
         assert_eq!(p, Protocol::Http1);
         let mut io = Prefixed::new(buf, b);
         drop(a);
         let mut all = Vec::new();
-        io.read_to_end(&mut all).await.expect("read");
+        io.read_to_end(&mut all).await?;
         assert_eq!(all, b"GET / HTTP/1.1\r\n");
+        Ok(())
     }
 
     #[tokio::test(start_paused = true)]
-    async fn silent_client_is_opaque() {
+    async fn silent_client_is_opaque() -> io::Result<()> {
         let (_a, mut b) = tokio::io::duplex(64);
-        let (p, buf) = detect(&mut b, Duration::from_secs(1))
-            .await
-            .expect("io")
-            .expect("timeout means opaque");
+        let detected = detect(&mut b, Duration::from_secs(1)).await?;
+        let Some((p, buf)) = detected else {
+            return Err(io::Error::other("a timeout must mean opaque, not closed"));
+        };
         assert_eq!(p, Protocol::Opaque);
         assert!(buf.is_empty());
+        Ok(())
     }
 }
