@@ -14,7 +14,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerProtocol;
 use crate::detect::{self, Prefixed, Protocol};
-use crate::http::proxy::ConnCtx;
 use crate::http::server::{self, HttpVersion};
 use crate::snapshot::ListenerSnapshot;
 
@@ -93,10 +92,6 @@ async fn connection(
     drain: CancellationToken,
 ) {
     let snap = handle.load_full();
-    let ctx = Arc::new(ConnCtx {
-        listener: handle,
-        client: peer,
-    });
     let version = match snap.protocol {
         ListenerProtocol::Http1 => HttpVersion::Http1,
         ListenerProtocol::Http2 => HttpVersion::Http2,
@@ -130,9 +125,9 @@ async fn connection(
                     return;
                 }
             };
-            server::serve(io, version, &snap.http, ctx, drain).await;
+            server::serve(io, version, &snap.http, handle, peer, drain).await;
             return;
         }
     };
-    server::serve(stream, version, &snap.http, ctx, drain).await;
+    server::serve(stream, version, &snap.http, handle, peer, drain).await;
 }

@@ -93,7 +93,7 @@ pub struct HttpSettings {
     #[serde(default = "defaults::max_concurrent_streams")]
     pub max_concurrent_streams: u32,
     /// How long `auto` detection waits for a client's first bytes before treating the
-    /// connection as opaque TCP (server-speaks-first protocols).
+    /// connection as opaque TCP. Server-speaks-first protocols belong on a `tcp` listener.
     #[serde(default = "defaults::detect_timeout", with = "humantime_serde")]
     pub detect_timeout: Duration,
 }
@@ -342,7 +342,7 @@ mod defaults {
         256
     }
     pub fn detect_timeout() -> Duration {
-        Duration::from_secs(1)
+        Duration::from_secs(10)
     }
     pub fn redirect_status() -> u16 {
         302

@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::http::pool::Returner;
+use crate::http::server::StreamGuard;
 
 /// A request body sent upstream: the client's own stream, or nothing.
 #[derive(Debug)]
@@ -55,6 +56,8 @@ pub enum ResponseBody {
         body: Incoming,
         /// Present for pooled HTTP/1 connections; fires when the body has been read to its end.
         returner: Option<Returner>,
+        /// Keeps an HTTP/2 downstream connection counted as busy while this body streams.
+        stream: Option<StreamGuard>,
     },
 }
 
@@ -71,6 +74,22 @@ impl ResponseBody {
         let b = b.into();
         Self::Full(if b.is_empty() { None } else { Some(b) })
     }
+
+    pub fn upstream(body: Incoming, returner: Option<Returner>) -> Self {
+        Self::Upstream {
+            body,
+            returner,
+            stream: None,
+        }
+    }
+
+    /// Ties the stream's lifetime to this body: a streamed body keeps it until it ends; a body
+    /// the proxy wrote itself is written at once, so the guard is released now.
+    pub fn hold(&mut self, guard: StreamGuard) {
+        if let Self::Upstream { stream, .. } = self {
+            *stream = Some(guard);
+        }
+    }
 }
 
 impl Body for ResponseBody {
@@ -83,7 +102,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Self::Upstream { body, returner } => {
+            Self::Upstream { body, returner, .. } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 if let Poll::Ready(None) = polled
                     && let Some(r) = returner.take()

@@ -6,11 +6,13 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
 
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
@@ -26,6 +28,9 @@ struct Slot {
     /// keeps the hot ones warm).
     idle: Vec<(H1Sender, Instant)>,
     h2: Option<H2Sender>,
+    /// An HTTP/2 connect in progress: a burst of requests to a cold endpoint waits for this
+    /// one connection instead of opening one each (RFC 9113 §9.1).
+    h2_connecting: Option<Arc<OnceCell<Result<H2Sender, ProxyError>>>>,
 }
 
 thread_local! {
@@ -101,14 +106,38 @@ pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, 
             Ok(Checkout::H1(sender, returner))
         }
         UpstreamProtocol::Http2 => {
-            if let Some(sender) = with_slot(ep.slot, |slot| {
-                slot.h2.as_ref().filter(|s| !s.is_closed()).cloned()
-            }) {
-                return Ok(Checkout::H2(sender));
-            }
-            let sender = connect_h2(ep.addr, s.connect_timeout).await?;
-            with_slot(ep.slot, |slot| slot.h2 = Some(sender.clone()));
-            Ok(Checkout::H2(sender))
+            let pending = with_slot(ep.slot, |slot| {
+                if let Some(live) = slot.h2.as_ref().filter(|s| !s.is_closed()) {
+                    return Err(live.clone());
+                }
+                Ok(Arc::clone(
+                    slot.h2_connecting
+                        .get_or_insert_with(|| Arc::new(OnceCell::new())),
+                ))
+            });
+            let cell = match pending {
+                Err(live) => return Ok(Checkout::H2(live)),
+                Ok(cell) => cell,
+            };
+            let result = cell
+                .get_or_init(|| connect_h2(ep.addr, s.connect_timeout))
+                .await
+                .clone();
+            with_slot(ep.slot, |slot| {
+                // The first waiter to wake installs the connection and clears the marker;
+                // after a failure the next request tries afresh.
+                if slot
+                    .h2_connecting
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, &cell))
+                {
+                    slot.h2_connecting = None;
+                    if let Ok(sender) = &result {
+                        slot.h2 = Some(sender.clone());
+                    }
+                }
+            });
+            result.map(Checkout::H2)
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::error::ProxyError;
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
 use crate::http::pool::{self, Checkout};
+use crate::http::server::Activity;
 use crate::metrics::TargetMetrics;
 use crate::router::{RequestParts, normalize_path};
 use crate::snapshot::{ListenerSnapshot, RouteRt};
@@ -27,6 +28,8 @@ use crate::snapshot::{ListenerSnapshot, RouteRt};
 pub struct ConnCtx {
     pub listener: Arc<ArcSwap<ListenerSnapshot>>,
     pub client: SocketAddr,
+    /// HTTP/2 only: open streams, for the connection's idle deadline.
+    pub activity: Option<Arc<Activity>>,
 }
 
 /// The hyper-facing service function: infallible, records metrics for every answer.
@@ -35,6 +38,7 @@ pub async fn handle(
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
+    let stream = ctx.activity.as_ref().map(Activity::begin);
     // One snapshot for the whole exchange: a reload mid-request never mixes two configs.
     let snap = ctx.listener.load_full();
     let version = req.version();
@@ -45,6 +49,9 @@ pub async fn handle(
     metrics.record(resp.status(), start.elapsed());
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         *resp.version_mut() = version;
+    }
+    if let Some(stream) = stream {
+        resp.body_mut().hold(stream);
     }
     Ok(resp)
 }
@@ -128,6 +135,9 @@ async fn forward(
             if let Some(h) = host_value {
                 headers.insert(HOST, h);
             }
+            if req.version() == Version::HTTP_2 {
+                join_cookies(req.headers_mut());
+            }
             *req.version_mut() = Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
@@ -196,10 +206,7 @@ async fn send(
                 }
             };
             if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                return Ok(resp.map(|body| ResponseBody::Upstream {
-                    body,
-                    returner: None,
-                }));
+                return Ok(resp.map(|body| ResponseBody::upstream(body, None)));
             }
             returner.arm(sender);
             // A response without a body (HEAD, 204, 304) is never polled downstream: hand
@@ -210,17 +217,14 @@ async fn send(
             } else {
                 Some(returner)
             };
-            Ok(resp.map(|body| ResponseBody::Upstream { body, returner }))
+            Ok(resp.map(|body| ResponseBody::upstream(body, returner)))
         }
         Checkout::H2(mut sender) => {
             let resp = sender.send_request(req).await.map_err(|e| {
                 tracing::debug!(error = %e, "upstream HTTP/2 exchange failed");
                 ProxyError::UpstreamReset
             })?;
-            Ok(resp.map(|body| ResponseBody::Upstream {
-                body,
-                returner: None,
-            }))
+            Ok(resp.map(|body| ResponseBody::upstream(body, None)))
         }
     }
 }
@@ -325,6 +329,23 @@ fn redirect_response(
     resp
 }
 
+/// HTTP/2 clients may split `cookie` into several fields; an HTTP/1 upstream must get them
+/// as one, joined with "; " (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let values = headers.get_all(http::header::COOKIE);
+    if values.iter().nth(1).is_none() {
+        return;
+    }
+    let joined = values
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 fn split_host_port(host: &str) -> (&str, Option<u16>) {
     // IPv6 literals keep their brackets; the port follows the closing one.
     let colon = match host.rfind(']') {
@@ -354,6 +375,16 @@ mod tests {
         assert_eq!(apply_path_modifier(&root, "/api", 4), "/");
         let slash = PathModifier::ReplacePrefixMatch("/v2/".into());
         assert_eq!(apply_path_modifier(&slash, "/api/x", 4), "/v2/x");
+    }
+
+    #[test]
+    fn cookies_are_joined() {
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
     }
 
     #[test]
