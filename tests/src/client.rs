@@ -499,7 +499,16 @@ fn response_complete(data: &[u8]) -> bool {
                 .map(|(_, v)| v.trim().to_owned())
         };
         if header("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
-            return body.starts_with(b"0\r\n\r\n") || find(body, b"\r\n0\r\n\r\n").is_some();
+            // The last chunk is `0\r\n`, then optional trailer fields, then an empty line.
+            let last = if body.starts_with(b"0\r\n") {
+                Some(0)
+            } else {
+                find(body, b"\r\n0\r\n").map(|i| i + 2)
+            };
+            return last.is_some_and(|i| {
+                let rest = &body[i + 3..];
+                rest.starts_with(b"\r\n") || find(rest, b"\r\n\r\n").is_some()
+            });
         }
         if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
             return body.len() >= len;
