@@ -7,6 +7,9 @@
 //! (`listener`), detect the protocol (`detect`), and serve HTTP (`http`: server, the request
 //! path in `http::proxy`, the upstream `http::pool`) or opaque TCP (`tcp`). Routing is
 //! `router`, the weighted canary pick is `split`, failures map to responses in `error`.
+//! Resilience, landing in steps: `breaker` (per-backend limits, outlier ejection) and
+//! `balance` (P2C over peak-EWMA, round robin, least request) are IO-free and unit-tested,
+//! not yet on the request path.
 //! `docs/request-lifecycle.md` draws a request's way through these.
 #![cfg_attr(
     not(test),
@@ -15,6 +18,8 @@
 
 pub mod admin;
 pub mod app;
+pub mod balance;
+pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod detect;
