@@ -7,9 +7,10 @@
 //! (`listener`), detect the protocol (`detect`), and serve HTTP (`http`: server, the request
 //! path in `http::proxy`, the upstream `http::pool`) or opaque TCP (`tcp`). Routing is
 //! `router`, the weighted canary pick is `split`, failures map to responses in `error`.
-//! Resilience, landing in steps: `breaker` (per-backend limits, outlier ejection) and
-//! `balance` (P2C over peak-EWMA, round robin, least request) are IO-free and unit-tested,
-//! not yet on the request path.
+//! Resilience, landing in steps: `breaker` (per-backend limits, outlier ejection),
+//! `balance` (P2C over peak-EWMA, round robin, least request), `retry` (policy, backoff,
+//! budget) and `ratelimit` (governor token buckets, keyed with bounded memory) are IO-free
+//! and unit-tested, not yet on the request path.
 //! `docs/request-lifecycle.md` draws a request's way through these.
 #![cfg_attr(
     not(test),
@@ -27,7 +28,9 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod ratelimit;
 pub mod reload;
+pub mod retry;
 pub mod router;
 pub mod snapshot;
 pub mod split;
