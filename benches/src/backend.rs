@@ -1,0 +1,66 @@
+//! The test backend: answers every request at once with a fixed body, over HTTP/1.1 or h2c
+//! (detected per connection), on one single-threaded runtime so it costs one core at most.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// Serves `addr` until the process is killed (the harness stops it with SIGTERM).
+pub fn serve(addr: SocketAddr, response_size: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the backend's runtime")?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let body = Bytes::from(vec![b'a'; response_size]);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder.http2().max_concurrent_streams(1024);
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    eprintln!("backend: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let body = body.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| answer(req, body.clone()));
+                // A client going away mid-exchange is not our problem.
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    })
+}
+
+async fn answer(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Read the request body so the connection can carry the next request.
+    let _ = req.into_body().collect().await;
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
+}

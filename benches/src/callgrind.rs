@@ -1,0 +1,427 @@
+//! `instructions`: user-space instructions per request under `valgrind --tool=callgrind`,
+//! a figure machine noise does not move.
+//!
+//! Each case runs twice, fresh processes each time: once with the load (warm-up requests,
+//! then N measured requests) and once with only the warm-up (0 by default: startup and
+//! shutdown only). (Ir of the first − Ir of the second) ÷ N is the cost of a request. Readiness
+//! is read from /proc/net/tcp, not asked over HTTP, so the process does the same work in both
+//! runs apart from the requests. Tern is stopped with `POST /shutdown` on its admin port and
+//! nginx with SIGQUIT, HAProxy with SIGUSR1 (graceful: callgrind writes its output at exit).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use http::Method;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use crate::compare::start_backend;
+use crate::loadgen::{self, Budget, Endpoint, Pace, Protocol, Spec};
+use crate::measure::is_listening;
+use crate::targets::process::{Proc, StopBy, find_program, free_addr, wait_ready};
+use crate::targets::{Programs, TargetName};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub requests: u64,
+    pub warmup_requests: u64,
+    pub connections: usize,
+    pub response_size: usize,
+    pub workers: usize,
+    /// Also nginx and HAProxy.
+    pub peers: bool,
+}
+
+/// One process's count in one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub case: TargetName,
+    pub process: String,
+    /// Ir with warm-up + N requests.
+    pub ir_loaded: u64,
+    /// Ir with the warm-up only.
+    pub ir_baseline: u64,
+    pub requests: u64,
+    pub ir_per_request: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub settings: Settings,
+    pub measurements: Vec<Measurement>,
+    pub skipped: Vec<(TargetName, String)>,
+}
+
+/// A process under callgrind and where its counts go.
+struct Hop {
+    proc: Proc,
+    out: PathBuf,
+}
+
+pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<Outcome> {
+    let valgrind = find_program("valgrind")
+        .context("valgrind is not installed (`apt-get install -y valgrind`)")?;
+    if settings.requests == 0 {
+        bail!("--requests must be at least 1");
+    }
+    let backend_bin = std::env::current_exe().context("finding this program's path")?;
+    let mut cases = vec![TargetName::Tern, TargetName::TernMesh];
+    if settings.peers {
+        cases.extend([TargetName::Nginx, TargetName::Haproxy]);
+    }
+    let mut measurements = Vec::new();
+    let mut skipped = Vec::new();
+    for case in cases {
+        eprintln!("callgrind: {case} ...");
+        let counts = |n: u64, label: &str| -> Result<Vec<(String, u64)>> {
+            let dir = scratch.join(format!("{case}-{label}"));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            one_run(case, n, settings, programs, &valgrind, &backend_bin, &dir)
+        };
+        let result = counts(settings.warmup_requests, "baseline").and_then(|base| {
+            let loaded = counts(settings.warmup_requests + settings.requests, "loaded")?;
+            Ok((base, loaded))
+        });
+        match result {
+            Ok((base, loaded)) => {
+                for ((process, ir_baseline), (_, ir_loaded)) in base.into_iter().zip(loaded) {
+                    measurements.push(Measurement {
+                        case,
+                        process,
+                        ir_loaded,
+                        ir_baseline,
+                        requests: settings.requests,
+                        ir_per_request: (ir_loaded as f64 - ir_baseline as f64)
+                            / settings.requests as f64,
+                    });
+                }
+            }
+            Err(e) if case.is_peer() => {
+                eprintln!("  skipping {case}: {e:#}");
+                skipped.push((case, format!("{e:#}")));
+            }
+            Err(e) => return Err(e.context(format!("measuring {case}"))),
+        }
+    }
+    Ok(Outcome {
+        settings: settings.clone(),
+        measurements,
+        skipped,
+    })
+}
+
+/// Starts the case's proxies under callgrind, sends `requests` (warm-up included), stops
+/// them gracefully and reads each one's total Ir.
+fn one_run(
+    case: TargetName,
+    requests: u64,
+    settings: &Settings,
+    programs: &Programs,
+    valgrind: &Path,
+    backend_bin: &Path,
+    dir: &Path,
+) -> Result<Vec<(String, u64)>> {
+    let timeout = Duration::from_secs(120);
+    let (mut backend, backend_addr) = start_backend(
+        backend_bin,
+        dir,
+        None,
+        settings.response_size,
+        Protocol::Http1,
+        Duration::from_secs(20),
+    )?;
+    let (mut hops, front) = start_hops(case, settings, programs, valgrind, backend_addr, dir)?;
+
+    if requests > 0 {
+        let spec = Spec {
+            endpoint: Endpoint::for_addr(front, "/")?,
+            protocol: Protocol::Http1,
+            connections: settings.connections,
+            streams: 1,
+            pace: Pace::Closed,
+            budget: Budget::Requests(requests),
+            method: Method::GET,
+            request_body: 0,
+            timeout: Duration::from_secs(60),
+            grace: Duration::ZERO,
+        };
+        let report = loadgen::run(&spec, |_| {})?;
+        if report.failures() > 0 || report.ok != requests {
+            bail!(
+                "{case} under callgrind: {} of {requests} requests succeeded ({} non-2xx, {} transport errors, {} timeouts; {})",
+                report.ok,
+                report.non_2xx,
+                report.transport_errors,
+                report.timeouts,
+                report.first_error.as_deref().unwrap_or("no error recorded")
+            );
+        }
+    }
+    // The load generator's connections are closed now (its runtime is gone), so graceful
+    // shutdowns do not wait for them.
+    let mut counts = Vec::new();
+    for hop in &mut hops {
+        hop.proc.stop(timeout)?;
+        counts.push((hop.proc.name.clone(), total_ir(&hop.out)?));
+    }
+    let _ = backend.stop(Duration::from_secs(5));
+    Ok(counts)
+}
+
+fn callgrind_args(out: &Path, bin: &Path, args: &[String]) -> Vec<String> {
+    let mut v = vec![
+        "--tool=callgrind".to_owned(),
+        format!("--callgrind-out-file={}", out.display()),
+        bin.display().to_string(),
+    ];
+    v.extend_from_slice(args);
+    v
+}
+
+/// Waits until every address listens and, when given, `written` exists and is not empty.
+fn wait_listening(
+    proc: &mut Proc,
+    addrs: &[SocketAddr],
+    written: Option<&Path>,
+    timeout: Duration,
+) -> Result<()> {
+    let what = format!("{} listening under callgrind", proc.name);
+    wait_ready(&what, timeout, &mut [proc], || {
+        for &a in addrs {
+            if !is_listening(a)? {
+                bail!("nothing listens on {a} yet");
+            }
+        }
+        if let Some(path) = written
+            && std::fs::metadata(path).map_or(0, |m| m.len()) == 0
+        {
+            bail!("{} not written yet", path.display());
+        }
+        Ok(())
+    })
+}
+
+/// Starts the case's processes (the hop the client talks to first in the list) and returns
+/// them with the front address.
+fn start_hops(
+    case: TargetName,
+    settings: &Settings,
+    programs: &Programs,
+    valgrind: &Path,
+    backend: SocketAddr,
+    dir: &Path,
+) -> Result<(Vec<Hop>, SocketAddr)> {
+    let timeout = Duration::from_secs(120);
+    let mut hops: Vec<Hop> = Vec::new();
+    match case {
+        TargetName::Tern | TargetName::TernMesh => {
+            let names: &[&str] = if case == TargetName::TernMesh {
+                &["tern-server-sidecar", "tern-client-sidecar"]
+            } else {
+                &["tern"]
+            };
+            let mut next = backend;
+            for name in names {
+                let (admin, listen) = (free_addr()?, free_addr()?);
+                let cfg = dir.join(format!("{name}.yaml"));
+                let text = crate::targets::tern_config(
+                    admin,
+                    listen,
+                    "http1",
+                    next,
+                    "http1",
+                    settings.workers,
+                );
+                std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
+                let out = dir.join(format!("callgrind.{name}.out"));
+                let args = callgrind_args(
+                    &out,
+                    &programs.tern,
+                    &[
+                        "run".to_owned(),
+                        "--config".to_owned(),
+                        cfg.display().to_string(),
+                    ],
+                );
+                let mut proc = Proc::spawn(
+                    name,
+                    None,
+                    valgrind,
+                    &args,
+                    &[("RUST_LOG", "warn")],
+                    dir.join(format!("{name}.log")),
+                    StopBy::AdminShutdown(admin),
+                )?;
+                wait_listening(&mut proc, &[admin, listen], None, timeout)?;
+                hops.insert(0, Hop { proc, out });
+                next = listen;
+            }
+            Ok((hops, next))
+        }
+        TargetName::Nginx => {
+            let bin = programs
+                .nginx
+                .clone()
+                .context("nginx is not installed (`apt-get install -y nginx-light`)")?;
+            let listen = free_addr()?;
+            let cfg = dir.join("nginx.conf");
+            let text = crate::targets::nginx_config(
+                dir,
+                listen,
+                backend,
+                Protocol::Http1,
+                settings.workers,
+                false,
+            );
+            std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
+            let out = dir.join("callgrind.nginx.out");
+            let args = callgrind_args(&out, &bin, &crate::targets::nginx_args(dir, &cfg));
+            let mut proc = Proc::spawn(
+                "nginx",
+                None,
+                valgrind,
+                &args,
+                &[],
+                dir.join("nginx.log"),
+                StopBy::Signal(Signal::SIGQUIT),
+            )?;
+            // nginx binds its sockets before it installs its signal handlers, and a SIGQUIT
+            // in between is lost when the harness was started with it ignored (as background
+            // jobs of a non-interactive shell are): the pid file comes after the handlers.
+            wait_listening(&mut proc, &[listen], Some(&dir.join("nginx.pid")), timeout)?;
+            hops.push(Hop { proc, out });
+            Ok((hops, listen))
+        }
+        TargetName::Haproxy => {
+            let bin = programs
+                .haproxy
+                .clone()
+                .context("HAProxy is not installed (`apt-get install -y haproxy`)")?;
+            let listen = free_addr()?;
+            let cfg = dir.join("haproxy.cfg");
+            let text =
+                crate::targets::haproxy_config(listen, backend, Protocol::Http1, settings.workers);
+            std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
+            let out = dir.join("callgrind.haproxy.out");
+            let args = callgrind_args(
+                &out,
+                &bin,
+                &["-db".to_owned(), "-f".to_owned(), cfg.display().to_string()],
+            );
+            let mut proc = Proc::spawn(
+                "haproxy",
+                None,
+                valgrind,
+                &args,
+                &[],
+                dir.join("haproxy.log"),
+                StopBy::Signal(Signal::SIGUSR1),
+            )?;
+            wait_listening(&mut proc, &[listen], None, timeout)?;
+            hops.push(Hop { proc, out });
+            Ok((hops, listen))
+        }
+        other => bail!("{other} is not measured under callgrind"),
+    }
+}
+
+/// The total Ir in a callgrind output file (`totals:` or `summary:` line).
+fn total_ir(path: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} (did the process exit cleanly?)", path.display()))?;
+    parse_total(&text).with_context(|| format!("no totals in {}", path.display()))
+}
+
+fn parse_total(text: &str) -> Option<u64> {
+    let find = |key: &str| {
+        text.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    find("totals:").or_else(|| find("summary:"))
+}
+
+fn thousands(n: f64) -> String {
+    let s = format!("{:.0}", n.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0.0 { format!("-{out}") } else { out }
+}
+
+pub fn markdown(o: &Outcome) -> String {
+    let s = &o.settings;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Tern benchmark: instructions per request (callgrind)\n\n{} requests after {} warm-up, {} HTTP/1.1 keep-alive connections, GET, {} B responses, {} worker(s). Ir/request = (Ir with the requests − Ir without) ÷ {}; user-space instructions of the proxy process, libraries included.\n",
+        s.requests, s.warmup_requests, s.connections, s.response_size, s.workers, s.requests
+    );
+    let _ = writeln!(
+        md,
+        "| case | process | Ir with requests | Ir without | Ir/request |\n|---|---|--:|--:|--:|"
+    );
+    for (i, m) in o.measurements.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            m.case,
+            m.process,
+            thousands(m.ir_loaded as f64),
+            thousands(m.ir_baseline as f64),
+            thousands(m.ir_per_request)
+        );
+        // After a case with several processes, their sum.
+        let last_of_case = o.measurements.get(i + 1).is_none_or(|n| n.case != m.case);
+        let of_case: Vec<&Measurement> =
+            o.measurements.iter().filter(|x| x.case == m.case).collect();
+        if last_of_case && of_case.len() > 1 {
+            let sum: f64 = of_case.iter().map(|x| x.ir_per_request).sum();
+            let _ = writeln!(
+                md,
+                "| {} | all {} proxies | | | {} |",
+                m.case,
+                of_case.len(),
+                thousands(sum)
+            );
+        }
+    }
+    md.push('\n');
+    for (t, why) in &o.skipped {
+        let _ = writeln!(md, "- skipped {t}: {why}");
+    }
+    let _ = writeln!(
+        md,
+        "Reference (measured on this kind of machine before Tern): a minimal hyper proxy ≈ 31k with hyper-util's legacy client, ≈ 24k with a hand-driven pool; nginx ≈ 21.5k."
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_totals() {
+        let text = "version: 1\nevents: Ir\nfl=x\n0 5\ntotals: 123456\n";
+        assert_eq!(parse_total(text), Some(123_456));
+        assert_eq!(parse_total("summary: 42\n"), Some(42));
+        assert_eq!(parse_total("nothing"), None);
+    }
+
+    #[test]
+    fn formats_thousands() {
+        assert_eq!(thousands(30123.4), "30,123");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1_000_000.0), "1,000,000");
+        assert_eq!(thousands(-1234.0), "-1,234");
+    }
+}

@@ -1,0 +1,222 @@
+//! Readings from /proc: CPU time (utime + stime), peak RSS (VmHWM), process trees, listening
+//! sockets, and the machine facts a result is only worth anything next to.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+/// Clock ticks per second of the `utime`/`stime` fields in /proc/PID/stat (USER_HZ).
+pub fn clock_ticks_per_sec() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t.unsigned_abs(),
+        _ => 100,
+    }
+}
+
+/// The fields of /proc/PID/stat after the command name (which may itself contain spaces
+/// and parentheses, so we split after its last `)`). Index 0 is field 3 (`state`).
+fn stat_fields(pid: u32) -> Result<Vec<String>> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let rest = text
+        .rfind(')')
+        .map(|i| &text[i + 1..])
+        .with_context(|| format!("unexpected format of {path}"))?;
+    Ok(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// utime + stime of one process (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let f = stat_fields(pid)?;
+    // Fields 14 and 15 of the full line: 11 and 12 here.
+    let parse = |i: usize| -> Result<u64> {
+        f.get(i)
+            .with_context(|| format!("/proc/{pid}/stat: missing field {}", i + 3))?
+            .parse::<u64>()
+            .with_context(|| format!("/proc/{pid}/stat: field {} is not a number", i + 3))
+    };
+    Ok(parse(11)? + parse(12)?)
+}
+
+/// The parent PID of a process.
+fn ppid(pid: u32) -> Option<u32> {
+    stat_fields(pid).ok()?.get(1)?.parse().ok()
+}
+
+/// `pid` and all its descendants (nginx's master and its workers), found by walking the
+/// parent links of every process in /proc.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parent_of = BTreeMap::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+                && let Some(pp) = ppid(p)
+            {
+                parent_of.insert(p, pp);
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while let Some(&current) = tree.get(i) {
+        for (&child, &parent) in &parent_of {
+            if parent == current && !tree.contains(&child) {
+                tree.push(child);
+            }
+        }
+        i += 1;
+    }
+    tree
+}
+
+/// Peak resident set size of one process, in KiB (VmHWM in /proc/PID/status).
+pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .with_context(|| format!("{path} has no VmHWM"))?;
+    let kib = line.trim().trim_end_matches("kB").trim();
+    kib.parse()
+        .with_context(|| format!("{path}: VmHWM {line:?} is not a number"))
+}
+
+/// CPU time of a set of processes at one instant.
+#[derive(Debug, Clone)]
+pub struct CpuSnapshot {
+    pub at: Instant,
+    pub ticks: u64,
+}
+
+impl CpuSnapshot {
+    /// Sums the processes' CPU ticks. A process that exited in between reads as 0: the
+    /// caller notices a dead target through its own health checks.
+    pub fn take(pids: &[u32]) -> CpuSnapshot {
+        let ticks = pids.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).sum();
+        CpuSnapshot {
+            at: Instant::now(),
+            ticks,
+        }
+    }
+
+    /// Seconds of CPU used between `self` and the later `end`.
+    pub fn cpu_secs_until(&self, end: &CpuSnapshot) -> f64 {
+        end.ticks.saturating_sub(self.ticks) as f64 / clock_ticks_per_sec() as f64
+    }
+}
+
+/// True when a TCP socket is in LISTEN state on exactly `addr` (IPv4), read from
+/// /proc/net/tcp: a readiness check that sends the process nothing (so it costs it no
+/// instructions under callgrind).
+pub fn is_listening(addr: SocketAddr) -> Result<bool> {
+    let SocketAddr::V4(v4) = addr else {
+        bail!("only IPv4 addresses are checked: {addr}");
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let text = fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+    Ok(text.lines().skip(1).any(|l| {
+        let mut f = l.split_whitespace();
+        let local = f.nth(1);
+        let state = f.nth(1);
+        local == Some(want.as_str()) && state == Some("0A")
+    }))
+}
+
+/// What a result depends on besides the code: recorded beside every result.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineInfo {
+    pub cpus: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    /// 1-minute load average when the run started: above ~0.5 the machine was not quiet.
+    pub load_average_1m: f64,
+    pub git_commit: Option<String>,
+    pub git_dirty: Option<bool>,
+}
+
+impl MachineInfo {
+    pub fn read(workspace: &std::path::Path) -> MachineInfo {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let cpu_model = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_default();
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(workspace)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        };
+        MachineInfo {
+            cpus,
+            kernel,
+            cpu_model,
+            load_average_1m: load_average(),
+            git_commit: git(&["rev-parse", "HEAD"]),
+            git_dirty: git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// The 1-minute load average (0 when unreadable).
+pub fn load_average() -> f64 {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Pins the calling thread (and every thread it creates afterwards) to one CPU.
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .with_context(|| format!("CPU {cpu} out of range"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning the load generator to CPU {cpu}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        assert!(cpu_ticks(me).is_ok());
+        assert!(vm_hwm_kib(me).unwrap_or(0) > 0);
+        assert_eq!(process_tree(me).first(), Some(&me));
+    }
+
+    #[test]
+    fn sees_a_listening_socket() -> Result<()> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        assert!(is_listening(l.local_addr()?)?);
+        let port = l.local_addr()?.port();
+        drop(l);
+        assert!(!is_listening(SocketAddr::from(([127, 0, 0, 1], port)))?);
+        Ok(())
+    }
+}

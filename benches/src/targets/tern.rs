@@ -1,0 +1,181 @@
+//! `tern`, `tern-auto`, `tern-mesh`: the proxy under test, one or two in a row.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::process::{Proc, StopBy, admin_request, free_addr, probe_ok, wait_ready};
+use super::{Running, Setup, Target, TargetName};
+use crate::loadgen::{Endpoint, Protocol};
+
+/// Which Tern set-up.
+#[derive(Debug, Clone, Copy)]
+pub enum Shape {
+    /// One proxy, listener protocol fixed (`http1` or `http2`).
+    One,
+    /// One proxy, listener `auto` (detects the protocol per connection).
+    Auto,
+    /// Client sidecar → server sidecar → backend, both with fixed listener protocols.
+    Mesh,
+}
+
+pub struct Tern {
+    bin: PathBuf,
+    shape: Shape,
+}
+
+impl Tern {
+    pub fn new(bin: PathBuf, shape: Shape) -> Tern {
+        Tern { bin, shape }
+    }
+}
+
+/// One hop's config: everything on `listen` goes to `upstream`.
+pub fn config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    listener_protocol: &str,
+    upstream: SocketAddr,
+    upstream_protocol: &str,
+    workers: usize,
+) -> String {
+    format!(
+        "# Written by tern-benches: a plain reverse proxy to one backend.
+admin:
+  address: {admin}
+workers: {workers}
+shutdown_grace: 2s
+listeners:
+  - name: bench
+    address: {listen}
+    protocol: {listener_protocol}
+    routes:
+      - name: all
+        backends: [{{ name: upstream }}]
+backends:
+  - name: upstream
+    protocol: {upstream_protocol}
+    endpoints: [{upstream}]
+"
+    )
+}
+
+/// Listener and upstream protocol names in Tern's config for a run over `protocol`.
+pub fn protocols(protocol: Protocol, auto: bool) -> (&'static str, &'static str) {
+    match (protocol, auto) {
+        (_, true) => (
+            "auto",
+            match protocol {
+                Protocol::Http1 => "http1",
+                Protocol::Http2 => "http2",
+            },
+        ),
+        (Protocol::Http1, false) => ("http1", "http1"),
+        (Protocol::Http2, false) => ("http2", "http2"),
+    }
+}
+
+/// Starts one Tern process from `config_text` and waits for its admin `/ready`.
+pub fn start_one(
+    bin: &Path,
+    name: &str,
+    dir: &Path,
+    config_text: &str,
+    admin: SocketAddr,
+    cpu: Option<usize>,
+    startup: std::time::Duration,
+) -> Result<Proc> {
+    let config_path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config_path, config_text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let args = vec![
+        "run".to_owned(),
+        "--config".to_owned(),
+        config_path.display().to_string(),
+    ];
+    let mut proc = Proc::spawn(
+        name,
+        cpu,
+        bin,
+        &args,
+        &[("RUST_LOG", "warn")],
+        dir.join(format!("{name}.log")),
+        StopBy::AdminShutdown(admin),
+    )?;
+    wait_ready(&format!("{name} /ready"), startup, &mut [&mut proc], || {
+        let status = admin_request(admin, "GET", "/ready")?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            bail!("/ready answered {status}")
+        }
+    })?;
+    Ok(proc)
+}
+
+impl Target for Tern {
+    fn name(&self) -> TargetName {
+        match self.shape {
+            Shape::One => TargetName::Tern,
+            Shape::Auto => TargetName::TernAuto,
+            Shape::Mesh => TargetName::TernMesh,
+        }
+    }
+
+    fn check_installed(&self) -> Result<()> {
+        if self.bin.is_file() {
+            Ok(())
+        } else {
+            bail!(
+                "{} does not exist (`cargo build --release -p tern-proxy`)",
+                self.bin.display()
+            )
+        }
+    }
+
+    fn note(&self, protocol: Protocol) -> Option<String> {
+        let (listener, upstream) = protocols(protocol, matches!(self.shape, Shape::Auto));
+        Some(match self.shape {
+            Shape::Mesh => format!(
+                "two proxies (client sidecar → server sidecar), each listener `{listener}`, upstream `{upstream}`; CPU and RSS are the sum of both"
+            ),
+            _ => format!("listener `{listener}`, upstream `{upstream}`"),
+        })
+    }
+
+    fn start(&self, setup: &Setup<'_>) -> Result<Running> {
+        let (listener, upstream) = protocols(setup.protocol, matches!(self.shape, Shape::Auto));
+        let mut procs = Vec::new();
+        // Server sidecar first (it is what the client sidecar forwards to).
+        let mut next = setup.backend;
+        let hops: &[&str] = match self.shape {
+            Shape::Mesh => &["tern-server-sidecar", "tern-client-sidecar"],
+            _ => &["tern"],
+        };
+        for name in hops {
+            let (admin, listen) = (free_addr()?, free_addr()?);
+            let text = config(admin, listen, listener, next, upstream, setup.workers);
+            let p = start_one(
+                &self.bin,
+                name,
+                setup.dir,
+                &text,
+                admin,
+                setup.cpu,
+                setup.startup_timeout,
+            )?;
+            procs.insert(0, p);
+            next = listen;
+        }
+        let endpoint = Endpoint::for_addr(next, "/")?;
+        let mut refs: Vec<&mut Proc> = procs.iter_mut().collect();
+        wait_ready(
+            &format!("a request through {}", self.name()),
+            setup.startup_timeout,
+            &mut refs,
+            || probe_ok(&endpoint, setup.protocol),
+        )?;
+        Ok(Running { endpoint, procs })
+    }
+}
