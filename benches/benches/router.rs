@@ -45,8 +45,8 @@ fn by_host(n: usize) -> Vec<Route> {
     routes
 }
 
-/// `n` routes without hostnames that differ by path (a linear walk in precedence order),
-/// some with header conditions, as an ingress with many services on one host has.
+/// `n` routes without hostnames that differ by path, some with header conditions, as an
+/// ingress with many services on one host has.
 fn by_path(n: usize) -> Vec<Route> {
     (0..n)
         .map(|i| {
@@ -62,6 +62,28 @@ fn by_path(n: usize) -> Vec<Route> {
             }))
         })
         .collect()
+}
+
+/// The routes of `by_path`, all naming one hostname, plus that host's default
+/// (`PathPrefix /`) and a regex route, so a lookup has both path-anchored candidates and
+/// candidates that may match any path to interleave.
+fn by_path_one_host(n: usize) -> Vec<Route> {
+    let mut routes = by_path(n);
+    for r in &mut routes {
+        r.hostnames = vec!["shop.example.com".into()];
+    }
+    routes.push(route(json!({
+        "name": "assets",
+        "hostnames": ["shop.example.com"],
+        "matches": [{ "path": { "type": "RegularExpression", "value": "/.*\\.(css|js)" } }],
+        "backends": [{ "name": "b" }]
+    })));
+    routes.push(route(json!({
+        "name": "shop-default",
+        "hostnames": ["shop.example.com"],
+        "backends": [{ "name": "b" }]
+    })));
+    routes
 }
 
 fn headers() -> HeaderMap {
@@ -113,6 +135,26 @@ fn bench_find(c: &mut Criterion) {
             ("path_declared_first", "/svc0/api/users/42"),
             ("path_declared_last", last.as_str()),
             ("path_no_match", "/nothing/here"),
+        ];
+        for (label, path) in cases {
+            let req = RequestParts {
+                host: "shop.example.com",
+                method: &get,
+                path,
+                query: None,
+                headers: &hdrs,
+            };
+            group.bench_with_input(BenchmarkId::new(label, n), &req, |b, req| {
+                b.iter(|| black_box(r.find(black_box(req))))
+            });
+        }
+
+        let r = router(&by_path_one_host(n));
+        let cases = [
+            ("one_host_path_declared_first", "/svc0/api/users/42"),
+            ("one_host_path_declared_last", last.as_str()),
+            ("one_host_path_regex", "/static/app.js"),
+            ("one_host_path_default", "/nothing/here"),
         ];
         for (label, path) in cases {
             let req = RequestParts {

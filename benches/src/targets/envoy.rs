@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::Signal;
 
-use super::process::{Proc, StopBy, free_addr, probe_ok, wait_ready};
+use super::process::free_addr;
 use super::{Running, Setup, Target, TargetName, installed};
-use crate::loadgen::{Endpoint, Protocol};
+use crate::loadgen::Protocol;
 
 pub struct Envoy {
     pub bin: Option<PathBuf>,
@@ -121,25 +120,6 @@ impl Target for Envoy {
             "--log-level".to_owned(),
             "warn".to_owned(),
         ];
-        let mut proc = Proc::spawn(
-            "envoy",
-            setup.cpu,
-            &bin,
-            &args,
-            &[],
-            setup.dir.join("envoy.log"),
-            StopBy::Signal(Signal::SIGTERM),
-        )?;
-        let endpoint = Endpoint::for_addr(listen, "/")?;
-        wait_ready(
-            "a request through envoy",
-            setup.startup_timeout,
-            &mut [&mut proc],
-            || probe_ok(&endpoint, setup.protocol),
-        )?;
-        Ok(Running {
-            endpoint,
-            procs: vec![proc],
-        })
+        super::start_peer("envoy", setup, &bin, &args, listen)
     }
 }

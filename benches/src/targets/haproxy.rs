@@ -4,11 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::Signal;
 
-use super::process::{Proc, StopBy, free_addr, probe_ok, wait_ready};
+use super::process::free_addr;
 use super::{Running, Setup, Target, TargetName, installed};
-use crate::loadgen::{Endpoint, Protocol};
+use crate::loadgen::Protocol;
 
 pub struct Haproxy {
     pub bin: Option<PathBuf>,
@@ -84,25 +83,6 @@ impl Target for Haproxy {
             "-f".to_owned(),
             path.display().to_string(),
         ];
-        let mut proc = Proc::spawn(
-            "haproxy",
-            setup.cpu,
-            &bin,
-            &args,
-            &[],
-            setup.dir.join("haproxy.log"),
-            StopBy::Signal(Signal::SIGTERM),
-        )?;
-        let endpoint = Endpoint::for_addr(listen, "/")?;
-        wait_ready(
-            "a request through haproxy",
-            setup.startup_timeout,
-            &mut [&mut proc],
-            || probe_ok(&endpoint, setup.protocol),
-        )?;
-        Ok(Running {
-            endpoint,
-            procs: vec![proc],
-        })
+        super::start_peer("haproxy", setup, &bin, &args, listen)
     }
 }

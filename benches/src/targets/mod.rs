@@ -190,6 +190,37 @@ pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
 }
 
 /// The program, or why it is missing.
+/// Starts a peer (one process, stopped by SIGTERM, logging to `<name>.log`) and waits until a
+/// request through it on `listen` answers.
+fn start_peer(
+    name: &str,
+    setup: &Setup<'_>,
+    bin: &Path,
+    args: &[String],
+    listen: SocketAddr,
+) -> Result<Running> {
+    let mut proc = Proc::spawn(
+        name,
+        setup.cpu,
+        bin,
+        args,
+        &[],
+        setup.dir.join(format!("{name}.log")),
+        process::StopBy::Signal(nix::sys::signal::Signal::SIGTERM),
+    )?;
+    let endpoint = Endpoint::for_addr(listen, "/")?;
+    process::wait_ready(
+        &format!("a request through {name}"),
+        setup.startup_timeout,
+        &mut [&mut proc],
+        || process::probe_ok(&endpoint, setup.protocol),
+    )?;
+    Ok(Running {
+        endpoint,
+        procs: vec![proc],
+    })
+}
+
 fn installed(bin: &Option<PathBuf>, what: &str, install: &str) -> Result<PathBuf> {
     bin.clone()
         .ok_or_else(|| anyhow::anyhow!("{what} is not installed (`{install}`)"))

@@ -4,11 +4,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use nix::sys::signal::Signal;
 
-use super::process::{Proc, StopBy, free_addr, probe_ok, wait_ready};
+use super::process::free_addr;
 use super::{Running, Setup, Target, TargetName, installed};
-use crate::loadgen::{Endpoint, Protocol};
+use crate::loadgen::Protocol;
 
 pub struct Nginx {
     pub bin: Option<PathBuf>,
@@ -113,25 +112,6 @@ impl Target for Nginx {
             true,
         );
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        let mut proc = Proc::spawn(
-            "nginx",
-            setup.cpu,
-            &bin,
-            &args(setup.dir, &path),
-            &[],
-            setup.dir.join("nginx.log"),
-            StopBy::Signal(Signal::SIGTERM),
-        )?;
-        let endpoint = Endpoint::for_addr(listen, "/")?;
-        wait_ready(
-            "a request through nginx",
-            setup.startup_timeout,
-            &mut [&mut proc],
-            || probe_ok(&endpoint, setup.protocol),
-        )?;
-        Ok(Running {
-            endpoint,
-            procs: vec![proc],
-        })
+        super::start_peer("nginx", setup, &bin, &args(setup.dir, &path), listen)
     }
 }
