@@ -65,7 +65,7 @@ pub async fn run(duration: Duration) -> anyhow::Result<()> {
             println!("  {:>3}s  {}", next_report.as_secs(), shares(&counts));
             next_report += Duration::from_secs(1);
         }
-        // About 500 requests a second: enough to see the split, not a load test.
+        // A few hundred requests a second: enough to see the split, not a load test.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let total: u64 = counts.values().sum();
