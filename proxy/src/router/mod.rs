@@ -2,9 +2,10 @@
 //!
 //! `Router::new` compiles a listener's routes once: regexes anchored and compiled, header
 //! names parsed, methods parsed, and every (route, match) pair sorted into precedence order
-//! per hostname. `Router::find` then walks one precomputed list and returns the first
-//! candidate whose conditions hold: no allocation (unless the `Host` has upper-case letters)
-//! and no lock.
+//! per hostname, each list indexed by path segment (`index`). `Router::find` then walks, in
+//! that order, only the candidates of one list that the request's path can reach, and
+//! returns the first whose conditions hold: no allocation (unless the `Host` has upper-case
+//! letters) and no lock.
 //!
 //! Precedence, across all routes and all their matches, first difference wins:
 //!
@@ -38,6 +39,7 @@
 //! Clone the `Router` per worker thread: a cloned regex gets its own cache pool, so regex
 //! matches never contend across threads.
 
+mod index;
 mod path;
 #[cfg(test)]
 mod tests;
@@ -52,6 +54,7 @@ use std::ops::Range;
 use http::{HeaderMap, HeaderName, Method};
 use regex::bytes::Regex;
 
+use self::index::CandidateList;
 use crate::config::{self, PathMatchType, ValueMatchType};
 
 /// What `Router::find` looks at in a request.
@@ -85,18 +88,26 @@ pub struct Router {
     candidates: Box<[Candidate]>,
     /// Exact hostname → the candidates of routes that match it (by that exact name or by a
     /// wildcard), in precedence order. Routes without hostnames are not repeated here.
-    exact_hosts: HashMap<Box<str>, Box<[usize]>>,
+    exact_hosts: HashMap<Box<str>, CandidateList>,
     /// Wildcard suffix (`example.com` for `*.example.com`) → the candidates of routes matching
     /// a host whose longest matching wildcard is this one, in precedence order.
-    wildcard_hosts: HashMap<Box<str>, Box<[usize]>>,
+    wildcard_hosts: HashMap<Box<str>, CandidateList>,
     /// Candidates of routes without hostnames, in precedence order; tried after the above.
-    any_host: Box<[usize]>,
+    any_host: CandidateList,
 }
 
 impl Router {
     /// Compiles `routes` (a listener's, in declaration order). They should have passed
     /// `config::validate`; anything that still fails to compile is an error, not a panic.
     pub fn new(routes: &[config::Route]) -> Result<Router, String> {
+        Self::build(routes, CandidateList::new)
+    }
+
+    /// `new`, with `list` building each host group's `CandidateList` (tests vary the index).
+    fn build(
+        routes: &[config::Route],
+        list: fn(Box<[usize]>, &[Candidate]) -> CandidateList,
+    ) -> Result<Router, String> {
         let mut candidates = Vec::new();
         let mut of_route: Vec<Range<usize>> = Vec::with_capacity(routes.len());
         for (route_index, route) in routes.iter().enumerate() {
@@ -131,16 +142,16 @@ impl Router {
             }
         }
 
-        let sorted = |ranked: &BTreeMap<usize, HostRank>| -> Box<[usize]> {
-            let mut list: Vec<(HostRank, MatchRank, usize)> = ranked
+        let sorted = |ranked: &BTreeMap<usize, HostRank>| -> CandidateList {
+            let mut sorted: Vec<(HostRank, MatchRank, usize)> = ranked
                 .iter()
                 .flat_map(|(&route, &host_rank)| {
                     of_route[route].clone().map(move |i| (host_rank, i))
                 })
                 .map(|(host_rank, i)| (host_rank, candidates[i].rank(), i))
                 .collect();
-            list.sort_unstable();
-            list.into_iter().map(|(_, _, i)| i).collect()
+            sorted.sort_unstable();
+            list(sorted.into_iter().map(|(_, _, i)| i).collect(), &candidates)
         };
         let mut ranked = BTreeMap::new();
 
@@ -179,32 +190,29 @@ impl Router {
     /// The first route (by precedence) whose hostnames and one of whose matches accept the
     /// request.
     pub fn find(&self, req: &RequestParts<'_>) -> Option<RouteMatch> {
-        let specific = self.host_candidates(req.host);
-        specific
-            .iter()
-            .chain(self.any_host.iter())
-            .filter_map(|&i| self.candidates.get(i))
-            .find_map(|candidate| {
-                candidate.accepts(req).map(|prefix_len| RouteMatch {
-                    route: candidate.route,
-                    prefix_len,
-                })
+        let accepts = |i: usize| {
+            let candidate = self.candidates.get(i)?;
+            candidate.accepts(req).map(|prefix_len| RouteMatch {
+                route: candidate.route,
+                prefix_len,
             })
+        };
+        self.host_candidates(req.host)
+            .and_then(|list| list.find_map(req.path, accepts))
+            .or_else(|| self.any_host.find_map(req.path, accepts))
     }
 
     /// The candidates of routes with hostnames that match `host`, in precedence order.
-    fn host_candidates(&self, host: &str) -> &[usize] {
+    fn host_candidates(&self, host: &str) -> Option<&CandidateList> {
         if self.exact_hosts.is_empty() && self.wildcard_hosts.is_empty() {
-            return &[];
+            return None;
         }
         let host = canonical_host(host);
         if let Some(list) = self.exact_hosts.get(&*host) {
-            return list;
+            return Some(list);
         }
         // Parent domains come longest first, so the first hit is the most specific wildcard.
-        parent_domains(&host)
-            .find_map(|suffix| self.wildcard_hosts.get(suffix))
-            .map_or(&[][..], |list| &list[..])
+        parent_domains(&host).find_map(|suffix| self.wildcard_hosts.get(suffix))
     }
 }
 

@@ -119,7 +119,10 @@ impl Req {
         self
     }
     fn find(&self, router: &Router) -> Option<RouteMatch> {
-        router.find(&RequestParts {
+        self.with(|r| router.find(r))
+    }
+    fn with<T>(&self, f: impl FnOnce(&RequestParts<'_>) -> T) -> T {
+        f(&RequestParts {
             host: self.host,
             method: &self.method,
             path: self.path,
@@ -129,10 +132,42 @@ impl Req {
     }
 }
 
-/// The name of the route `req` lands on, or `None`.
+// ---- the path index's references ----
+
+/// The router with every candidate list indexed, however short.
+fn indexed(routes: &[Route]) -> Router {
+    Router::build(routes, |order, candidates| {
+        CandidateList::with_min_pinned(order, candidates, 1)
+    })
+    .unwrap()
+}
+
+/// What `Router::find` must return: the first candidate that accepts, walking the host's
+/// whole list and then the whole any-host list.
+fn find_linear(router: &Router, req: &RequestParts<'_>) -> Option<RouteMatch> {
+    let specific = router
+        .host_candidates(req.host)
+        .map_or(&[][..], |l| l.all());
+    specific
+        .iter()
+        .chain(router.any_host.all())
+        .map(|&i| &router.candidates[i])
+        .find_map(|c| {
+            c.accepts(req).map(|prefix_len| RouteMatch {
+                route: c.route,
+                prefix_len,
+            })
+        })
+}
+
+/// The name of the route `req` lands on, or `None`. Also checks that indexing every list,
+/// however short, and walking every list whole, give the same answer.
 fn winner(routes: &[Route], req: &Req) -> Option<String> {
     let router = Router::new(routes).unwrap();
-    req.find(&router).map(|m| routes[m.route].name.clone())
+    let found = req.find(&router);
+    assert_eq!(found, req.find(&indexed(routes)), "indexed");
+    assert_eq!(found, req.with(|r| find_linear(&router, r)), "linear");
+    found.map(|m| routes[m.route].name.clone())
 }
 
 /// Asserts that `req` lands on `a` whichever of `a` and `b` is declared first.
@@ -846,6 +881,253 @@ fn prefix_len_composes_with_normalized_paths() {
     };
     let found = router.find(&r).unwrap();
     assert_eq!(&normalized[found.prefix_len..], "/v1");
+}
+
+// ---- the path index ----
+
+/// How many candidates of `router` a lookup of `path` on host `h` visits.
+fn visited(router: &Router, path: &str) -> usize {
+    let mut count = 0;
+    let mut visit = |_| {
+        count += 1;
+        None::<()>
+    };
+    if let Some(list) = router.host_candidates("h") {
+        list.find_map(path, &mut visit);
+    }
+    router.any_host.find_map(path, &mut visit);
+    count
+}
+
+#[test]
+fn lookup_visits_only_candidates_its_path_can_reach() {
+    let mut routes: Vec<Route> = (0..100)
+        .map(|i| {
+            route(
+                &format!("svc{i}"),
+                &["h"],
+                vec![prefix(&format!("/svc{i}/api"))],
+            )
+        })
+        .collect();
+    routes.extend(
+        (0..100).map(|i| route(&format!("v{i}"), &[], vec![prefix(&format!("/api/v{i}"))])),
+    );
+    routes.push(route("exact", &["h"], vec![exact("/svc7/api/")]));
+    routes.push(route("regex", &["h"], vec![regex("/svc7/.*")]));
+    routes.push(route("default", &[], vec![]));
+    let router = Router::new(&routes).unwrap();
+    // Every lookup visits the regex (the host's root) and the default (the any-host root),
+    // plus what is pinned on its way down: `/svc7/api`, `exact` for the trailing slash,
+    // `/api/v42`. Never the other 99 services or 100 versions.
+    assert_eq!(visited(&router, "/svc7/api/x"), 3);
+    assert_eq!(visited(&router, "/svc7/api/"), 4);
+    assert_eq!(visited(&router, "/api/v42/users"), 3);
+    assert_eq!(visited(&router, "/api/v4200"), 2);
+    assert_eq!(visited(&router, "/nothing"), 2);
+    // Not normalized, so nothing pinned can match it: only the regex and the default.
+    assert_eq!(visited(&router, "svc7/api"), 2);
+}
+
+#[test]
+fn index_respects_segment_rules_and_odd_values() {
+    let routes = [
+        route("exact-slash", &[], vec![exact("/api/")]),
+        route("prefix", &[], vec![prefix("/api")]),
+        route("prefix-slash", &[], vec![prefix("/v1/")]),
+        route("double-slash", &[], vec![prefix("/x//")]),
+        route("root-exact", &[], vec![exact("/")]),
+        route("empty-segment", &[], vec![prefix("//")]),
+        route("relative", &[], vec![exact("rel/x")]),
+        route("relative-prefix", &[], vec![prefix("rel")]),
+        route("deep", &[], vec![prefix("/a/b/c/d/e/f/g/h/i/j")]),
+        route("deep-exact", &[], vec![exact("/a/b/c/d/e/f/g/h/i/j/k")]),
+        route("apix", &[], vec![exact("/apix")]),
+    ];
+    let cases = [
+        ("/api/", Some("exact-slash")),
+        ("/api", Some("prefix")),
+        ("/api/x", Some("prefix")),
+        ("/apix", Some("apix")),
+        ("/apix/", None),
+        ("/v1", Some("prefix-slash")),
+        ("/v1/", Some("prefix-slash")),
+        ("/v1x", None),
+        ("/x/", Some("double-slash")),
+        ("/x//y", Some("double-slash")),
+        ("/x", None),
+        ("/", Some("root-exact")),
+        ("//y", Some("empty-segment")),
+        ("rel/x", Some("relative")),
+        ("rel", Some("relative-prefix")),
+        ("rel/y", Some("relative-prefix")),
+        ("/a/b/c/d/e/f/g/h/i/j/k", Some("deep-exact")),
+        ("/a/b/c/d/e/f/g/h/i/j/k/l", Some("deep")),
+        ("/a/b/c/d/e/f/g/h/i/jj", None),
+        ("/a/b/c/d/e/f/g/h", None),
+    ];
+    for (path, want) in cases {
+        assert_eq!(
+            winner(&routes, &req(path)),
+            want.map(String::from),
+            "{path:?}"
+        );
+    }
+}
+
+/// Random route tables and requests: the indexed lookup (with the usual threshold and with
+/// every list indexed) returns exactly what a walk of the whole lists does.
+#[test]
+fn indexed_lookup_agrees_with_the_linear_walk() {
+    const REGEXES: &[&str] = &["/api/.*", "/.*", "/v1", ".*x.*", "/a(pi)?/v1/?", "/[^/]*"];
+    const ROUTE_HOSTS: &[&str] = &[
+        "a.example.com",
+        "*.example.com",
+        "*.b.example.com",
+        "b.example.com",
+        "other.org",
+    ];
+    const REQUEST_HOSTS: &[&str] = &[
+        "a.example.com",
+        "c.example.com",
+        "c.b.example.com",
+        "b.example.com",
+        "other.org",
+        "none.net",
+        "A.Example.com:8080",
+    ];
+
+    let mut compared = 0;
+    for seed in 0..200 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        // Path values the routes use, so that requests often come near them.
+        let mut values = Vec::new();
+        let routes: Vec<Route> = (0..rng.usize(1..=40))
+            .map(|i| {
+                let hostnames: Vec<&str> = (0..rng.usize(..=2))
+                    .map(|_| pick(&mut rng, ROUTE_HOSTS))
+                    .collect();
+                // Now and then a route without matches: it matches everything.
+                let count = if rng.u8(..20) == 0 {
+                    0
+                } else {
+                    rng.usize(1..=3)
+                };
+                let matches = (0..count)
+                    .map(|_| {
+                        let mut m = match rng.u8(..20) {
+                            0 => any(),
+                            1..=5 => exact(&random_path(&mut rng)),
+                            6 | 7 => regex(pick(&mut rng, REGEXES)),
+                            _ => prefix(&random_path(&mut rng)),
+                        };
+                        if let Some(p) = &m.path {
+                            values.push(p.value.clone());
+                        }
+                        if rng.bool() {
+                            m = method(m, pick(&mut rng, &["GET", "POST"]));
+                        }
+                        for _ in 0..rng.usize(..=2) {
+                            let name = pick(&mut rng, &["x-a", "x-b"]);
+                            m = match rng.u8(..3) {
+                                0 => header(m, name, Present, None),
+                                _ => header(m, name, Is, Some(pick(&mut rng, &["1", "2"]))),
+                            };
+                        }
+                        if rng.u8(..4) == 0 {
+                            m = query(m, "q", Is, Some("1"));
+                        }
+                        m
+                    })
+                    .collect();
+                route(&format!("r{i}"), &hostnames, matches)
+            })
+            .collect();
+        let usual = Router::new(&routes).unwrap();
+        let all_indexed = indexed(&routes);
+
+        for _ in 0..150 {
+            let path = match values.get(rng.usize(..values.len().max(1) * 2)) {
+                Some(value) => near(&mut rng, value),
+                None => random_path(&mut rng),
+            };
+            let mut headers = HeaderMap::new();
+            for name in ["x-a", "x-b"] {
+                if rng.bool() {
+                    let value = pick(&mut rng, &["1", "2"]);
+                    headers.insert(name, HeaderValue::from_static(value));
+                }
+            }
+            let method = if rng.bool() {
+                Method::GET
+            } else {
+                Method::POST
+            };
+            let r = RequestParts {
+                host: pick(&mut rng, REQUEST_HOSTS),
+                method: &method,
+                path: &path,
+                query: rng.bool().then_some("q=1"),
+                headers: &headers,
+            };
+            let want = find_linear(&usual, &r);
+            assert_eq!(usual.find(&r), want, "seed {seed}: {r:?}\n{routes:#?}");
+            assert_eq!(
+                all_indexed.find(&r),
+                want,
+                "seed {seed}: {r:?}\n{routes:#?}"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 200 * 150);
+}
+
+fn pick(rng: &mut fastrand::Rng, from: &[&'static str]) -> &'static str {
+    from[rng.usize(..from.len())]
+}
+
+/// A path of a few segments, now and then one deeper than the index goes, with a trailing
+/// slash or without the leading one.
+fn random_path(rng: &mut fastrand::Rng) -> String {
+    const SEGMENTS: &[&str] = &["api", "v1", "x", "users", "a", "apix", ""];
+    let segments = if rng.u8(..10) == 0 {
+        rng.usize(..=12)
+    } else {
+        rng.usize(1..=3)
+    };
+    let mut path = String::new();
+    for _ in 0..segments {
+        // The empty segment (`//`) one time in four.
+        let from = if rng.u8(..4) == 0 {
+            SEGMENTS
+        } else {
+            &SEGMENTS[..SEGMENTS.len() - 1]
+        };
+        path.push('/');
+        path.push_str(pick(rng, from));
+    }
+    match rng.u8(..10) {
+        0 => path.trim_start_matches('/').to_owned(),
+        1 | 2 => path + "/",
+        _ if path.is_empty() => "/".into(),
+        _ => path,
+    }
+}
+
+/// `value`, or a path next to it: one segment more or less, a trailing slash, a longer last
+/// segment.
+fn near(rng: &mut fastrand::Rng, value: &str) -> String {
+    match rng.u8(..6) {
+        0 => format!("{value}/{}", random_path(rng).trim_start_matches('/')),
+        1 => format!("{value}/"),
+        2 => value
+            .rsplit_once('/')
+            .map_or("/", |(head, _)| head)
+            .to_owned(),
+        3 => format!("{value}x"),
+        _ => value.to_owned(),
+    }
 }
 
 // ---- errors ----
