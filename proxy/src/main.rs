@@ -52,46 +52,43 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { file } => validate(&file),
         Command::Run { config, workers } => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
+            // The control thread: admin, reload, signals. Workers get their own runtimes.
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(tern_proxy::app::run(tern_proxy::app::RunOptions {
-                config,
-                workers,
-            })) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+                .build();
+            block_on(rt, async {
+                let opts = tern_proxy::app::RunOptions { config, workers };
+                // ConfigError's message already names its cause: no chain to append.
+                tern_proxy::app::run(opts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
         }
         Command::Demo { duration } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
+            let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(tern_proxy::demo::run(duration)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+                .build();
+            block_on(rt, tern_proxy::demo::run(duration))
+        }
+    }
+}
+
+/// Runs `main_future` on `rt`; any failure (the runtime itself included) is one line on
+/// stderr and exit code 1.
+fn block_on(
+    rt: std::io::Result<tokio::runtime::Runtime>,
+    main_future: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let result = match rt {
+        Ok(rt) => rt.block_on(main_future),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the runtime")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
