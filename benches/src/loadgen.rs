@@ -339,6 +339,26 @@ async fn connect_tcp(addr: SocketAddr) -> Result<TokioIo<TcpStream>, String> {
     Ok(TokioIo::new(stream))
 }
 
+/// A connection within `timeout`, or `None` with the failure counted (a lane without a
+/// connection retries later; the run's errors show why).
+async fn connect_or_count<T>(
+    timeout: Duration,
+    connect: impl std::future::Future<Output = Result<T, String>>,
+    stats: &RefCell<Stats>,
+) -> Option<T> {
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            stats.borrow_mut().error(&Failure::Transport(e));
+            None
+        }
+        Err(_) => {
+            stats.borrow_mut().error(&Failure::Timeout);
+            None
+        }
+    }
+}
+
 async fn connect_h1(addr: SocketAddr) -> Result<http1::SendRequest<Full<Bytes>>, String> {
     let io = connect_tcp(addr).await?;
     let (sender, conn) = http1::handshake(io)
@@ -713,22 +733,8 @@ async fn run_inner(spec: &Spec, on_edge: &mut impl FnMut(Edge)) -> Result<Report
     match spec.protocol {
         Protocol::Http1 => {
             for _ in 0..spec.connections {
-                let sender = match tokio::time::timeout(
-                    spec.timeout,
-                    connect_h1(spec.endpoint.addr),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => Some(s),
-                    Ok(Err(e)) => {
-                        stats.borrow_mut().error(&Failure::Transport(e));
-                        None
-                    }
-                    Err(_) => {
-                        stats.borrow_mut().error(&Failure::Timeout);
-                        None
-                    }
-                };
+                let sender =
+                    connect_or_count(spec.timeout, connect_h1(spec.endpoint.addr), &stats).await;
                 clients.push(Client::H1 {
                     addr: spec.endpoint.addr,
                     sender,
@@ -741,17 +747,7 @@ async fn run_inner(spec: &Spec, on_edge: &mut impl FnMut(Edge)) -> Result<Report
                     addr: spec.endpoint.addr,
                     slot: tokio::sync::Mutex::new(None),
                 });
-                let first = match tokio::time::timeout(spec.timeout, conn.get(None)).await {
-                    Ok(Ok(s)) => Some(s),
-                    Ok(Err(e)) => {
-                        stats.borrow_mut().error(&Failure::Transport(e));
-                        None
-                    }
-                    Err(_) => {
-                        stats.borrow_mut().error(&Failure::Timeout);
-                        None
-                    }
-                };
+                let first = connect_or_count(spec.timeout, conn.get(None), &stats).await;
                 for _ in 0..spec.streams.max(1) {
                     clients.push(Client::H2 {
                         conn: Rc::clone(&conn),
