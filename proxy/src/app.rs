@@ -80,6 +80,9 @@ impl Proxy {
         {
             tracing::warn!("a change of `workers` takes effect at the next restart");
         }
+        for w in crate::config::warnings(&config) {
+            tracing::warn!(at = %w.path, "config warning: {}", w.message);
+        }
         let snap = snapshot::compile(
             config,
             previous.as_deref(),

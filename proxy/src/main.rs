@@ -99,6 +99,9 @@ fn validate(file: &std::path::Path) -> ExitCode {
         .and_then(|c| config::validate(&c).map(|()| c));
     match result {
         Ok(c) => {
+            for w in config::warnings(&c) {
+                eprintln!("  warning: {w}");
+            }
             let routes: usize = c.listeners.iter().map(|l| l.routes.len()).sum();
             println!(
                 "{}: valid ({} listeners, {routes} routes, {} backends)",

@@ -2,6 +2,7 @@
 //! data plane. Parsing is strict (unknown fields are errors); `compile` turns it into a runtime
 //! snapshot and reports every semantic problem with its path in the document.
 
+mod resilience;
 mod validate;
 
 use std::net::SocketAddr;
@@ -9,7 +10,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::{ConfigError, Problem, validate};
+pub use resilience::{
+    BackoffSpec, CircuitBreakerSpec, FaultAbort, FaultDelay, FaultSpec, KeySpec, LoadBalancerSpec,
+    MirrorSpec, OutlierSpec, PerSpec, RateLimitSpec, RetryBudgetSpec, RetrySpec, percent_to_ppm,
+};
+pub use validate::{ConfigError, Problem, validate, warnings};
 
 /// The whole proxy config. One document; the same structure the control plane pushes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +64,10 @@ pub struct Listener {
     /// Where opaque TCP goes: all traffic on a `tcp` listener, non-HTTP traffic on `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_backend: Option<String>,
+    /// Inbound protection: a limit on every HTTP request this listener accepts, checked
+    /// before routing. 429 `rate-limited` beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
     /// The route table. Order matters only to break ties (Gateway API precedence).
     #[serde(default)]
     pub routes: Vec<Route>,
@@ -132,6 +141,23 @@ pub struct Route {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// A request whose response sends nothing (no headers, no body bytes) for this long is
+    /// ended: 504 `timeout` before the headers, a reset stream after.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Retries of failed tries, within the backend's retry budget. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Outbound protection: a limit on this route's requests. 429 `rate-limited` beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Injected delays and aborts, for testing how callers cope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultSpec>,
     /// Weighted split: each backend gets weight/sum of the requests; weight 0 disables one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<WeightedBackend>,
@@ -213,6 +239,9 @@ pub struct Filters {
     /// Answer with a redirect instead of forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
+    /// Copy a share of the requests to another backend, fire and forget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<MirrorSpec>,
 }
 
 impl Filters {
@@ -308,6 +337,18 @@ pub struct Backend {
     /// Most idle HTTP/1 connections kept per endpoint and worker.
     #[serde(default = "defaults::max_idle_per_endpoint")]
     pub max_idle_per_endpoint: usize,
+    /// How requests are spread over the endpoints.
+    #[serde(default, skip_serializing_if = "LoadBalancerSpec::is_default")]
+    pub load_balancer: LoadBalancerSpec,
+    /// Limits on concurrent use; beyond one, 503 `overflow` at once.
+    #[serde(default, skip_serializing_if = "CircuitBreakerSpec::is_default")]
+    pub circuit_breaker: CircuitBreakerSpec,
+    /// Ejection of endpoints that keep failing. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierSpec>,
+    /// How many retries the routes to this backend may add, together.
+    #[serde(default, skip_serializing_if = "RetryBudgetSpec::is_default")]
+    pub retry_budget: RetryBudgetSpec,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -368,3 +409,6 @@ impl Config {
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,8 +6,9 @@ use std::fmt;
 
 use http::{HeaderName, HeaderValue, Method};
 
+use super::resilience::check_percent;
 use super::{
-    Config, Filters, HeaderModifier, ListenerProtocol, PathMatchType, PathModifier, Route,
+    Backend, Config, Filters, HeaderModifier, ListenerProtocol, PathMatchType, PathModifier, Route,
     ValueMatchType,
 };
 
@@ -112,6 +113,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         if b.connect_timeout.is_zero() {
             c.report(format!("{at}.connect_timeout"), "must be greater than 0");
         }
+        check_backend_resilience(&mut c, &at, b);
     }
 
     let mut listener_names = HashSet::new();
@@ -162,6 +164,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                     "a tcp listener has no HTTP routes; use protocol auto or http1/http2",
                 );
             }
+        }
+        if let Some(rl) = &l.rate_limit
+            && let Err(e) = rl.to_config()
+        {
+            c.report(format!("{at}.rate_limit"), e);
         }
         let h = &l.http;
         if h.max_header_bytes < 8192 || h.max_header_bytes > 1 << 20 {
@@ -301,6 +308,60 @@ fn check_route(c: &mut Checker, at: &str, r: &Route, backends: &HashSet<&str>) {
             "must be greater than 0 (omit it for none)",
         );
     }
+    if r.idle_timeout.is_some_and(|t| t.is_zero()) {
+        c.report(
+            format!("{at}.idle_timeout"),
+            "must be greater than 0 (omit it for none)",
+        );
+    }
+    if let Some(retry) = &r.retry
+        && let Err(e) = retry.to_policy()
+    {
+        c.report(format!("{at}.retry"), e);
+    }
+    if let Some(rl) = &r.rate_limit
+        && let Err(e) = rl.to_config()
+    {
+        c.report(format!("{at}.rate_limit"), e);
+    }
+    if let Some(f) = &r.fault {
+        if let Some(d) = &f.delay {
+            if let Err(e) = check_percent(d.percent) {
+                c.report(format!("{at}.fault.delay.percent"), e);
+            }
+            if d.duration.is_zero() {
+                c.report(
+                    format!("{at}.fault.delay.duration"),
+                    "must be greater than 0",
+                );
+            }
+        }
+        if let Some(a) = &f.abort {
+            if let Err(e) = check_percent(a.percent) {
+                c.report(format!("{at}.fault.abort.percent"), e);
+            }
+            if !(200..=599).contains(&a.status) {
+                c.report(
+                    format!("{at}.fault.abort.status"),
+                    format!("{} is not a status between 200 and 599", a.status),
+                );
+            }
+        }
+        if f.delay.is_none() && f.abort.is_none() {
+            c.report(format!("{at}.fault"), "needs a delay, an abort or both");
+        }
+    }
+    if let Some(m) = &r.filters.request_mirror {
+        if !backends.contains(m.backend.as_str()) {
+            c.report(
+                format!("{at}.filters.request_mirror.backend"),
+                format!("unknown backend {:?}", m.backend),
+            );
+        }
+        if let Err(e) = check_percent(m.percent) {
+            c.report(format!("{at}.filters.request_mirror.percent"), e);
+        }
+    }
     if r.filters.redirect.is_some() {
         if !r.backends.is_empty() {
             c.report(
@@ -335,6 +396,105 @@ fn check_route(c: &mut Checker, at: &str, r: &Route, backends: &HashSet<&str>) {
             );
         }
     }
+}
+
+fn check_backend_resilience(c: &mut Checker, at: &str, b: &Backend) {
+    let cb = &b.circuit_breaker;
+    for (name, v) in [
+        ("max_connections", cb.max_connections),
+        ("max_pending", cb.max_pending),
+        ("max_requests", cb.max_requests),
+    ] {
+        if v == 0 {
+            c.report(
+                format!("{at}.circuit_breaker.{name}"),
+                "must be at least 1 (0 would refuse every request)",
+            );
+        }
+    }
+    if let Some(o) = &b.outlier_detection {
+        if o.base_ejection_time.is_zero() {
+            c.report(
+                format!("{at}.outlier_detection.base_ejection_time"),
+                "must be greater than 0",
+            );
+        }
+        if o.max_ejection_time < o.base_ejection_time {
+            c.report(
+                format!("{at}.outlier_detection.max_ejection_time"),
+                "must not be shorter than base_ejection_time",
+            );
+        }
+        if o.max_ejection_percent > 100 {
+            c.report(
+                format!("{at}.outlier_detection.max_ejection_percent"),
+                format!("{} is over 100", o.max_ejection_percent),
+            );
+        }
+    }
+    let lb = &b.load_balancer;
+    if lb.decay.is_zero() {
+        c.report(
+            format!("{at}.load_balancer.decay"),
+            "must be greater than 0",
+        );
+    }
+    if let Err(e) = b.retry_budget.to_config() {
+        c.report(format!("{at}.retry_budget"), e);
+    }
+}
+
+/// Things that are allowed but probably not what the author meant: `tern-proxy validate`
+/// prints them, a reload logs them; they never refuse a config.
+pub fn warnings(config: &Config) -> Vec<Problem> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    for (i, l) in config.listeners.iter().enumerate() {
+        for (j, r) in l.routes.iter().enumerate() {
+            let at = format!("listeners[{i}].routes[{j}]");
+            let Some(retry) = &r.retry else { continue };
+            if !retry.allow_non_idempotent {
+                let only_unsafe: Vec<&str> = r
+                    .matches
+                    .iter()
+                    .filter_map(|m| m.method.as_deref())
+                    .filter(|m| {
+                        Method::from_bytes(m.as_bytes())
+                            .is_ok_and(|m| !crate::retry::is_idempotent(&m))
+                    })
+                    .collect();
+                if !r.matches.is_empty() && only_unsafe.len() == r.matches.len() {
+                    c.report(
+                        format!("{at}.retry"),
+                        format!(
+                            "the route only matches {} requests, which are never retried \
+                             without allow_non_idempotent: true",
+                            only_unsafe.join("/")
+                        ),
+                    );
+                }
+            }
+            if retry.max_attempts == 1 {
+                c.report(
+                    format!("{at}.retry.max_attempts"),
+                    "1 attempt means no retries",
+                );
+            }
+            if let (Some(per_try), Some(total)) = (retry.per_try_timeout, r.timeout)
+                && per_try >= total
+            {
+                c.report(
+                    format!("{at}.retry.per_try_timeout"),
+                    format!(
+                        "{per_try:?} is not shorter than the route timeout {total:?}: \
+                         no retry could ever follow a timed-out try"
+                    ),
+                );
+            }
+        }
+    }
+    c.problems
 }
 
 fn check_value_match(c: &mut Checker, at: &str, kind: ValueMatchType, value: Option<&str>) {

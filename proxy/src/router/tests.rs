@@ -16,6 +16,10 @@ fn route(name: &str, hostnames: &[&str], matches: Vec<config::RouteMatch>) -> Ro
         matches,
         filters: Default::default(),
         timeout: None,
+        idle_timeout: None,
+        retry: None,
+        rate_limit: None,
+        fault: None,
         backends: vec![],
     }
 }
