@@ -66,12 +66,31 @@ fn handle(req: Request<Incoming>, proxy: &Proxy, peer: SocketAddr) -> Response<F
         (&Method::GET, "/config") => match proxy.snapshot() {
             Some(s) => {
                 let body = serde_json::json!({ "version": s.version, "config": &*s.config });
-                let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                r
+                json(body.to_string())
+            }
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "no config loaded\n"),
+        },
+        (&Method::GET, "/breakers") => match proxy.snapshot() {
+            Some(s) => {
+                let now = std::time::Instant::now();
+                let views: Vec<serde_json::Value> = s
+                    .backends()
+                    .iter()
+                    .map(|b| {
+                        let mut v = serde_json::to_value(b.breaker_view(now))
+                            .unwrap_or(serde_json::Value::Null);
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("outlier_detection".into(), b.outlier_enabled.into());
+                            o.insert(
+                                "load".into(),
+                                serde_json::to_value(b.balancer.view(now))
+                                    .unwrap_or(serde_json::Value::Null),
+                            );
+                        }
+                        v
+                    })
+                    .collect();
+                json(serde_json::Value::Array(views).to_string())
             }
             None => text(StatusCode::SERVICE_UNAVAILABLE, "no config loaded\n"),
         },
@@ -86,14 +105,23 @@ fn handle(req: Request<Incoming>, proxy: &Proxy, peer: SocketAddr) -> Response<F
                 )
             }
         }
-        (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => {
+        (_, "/live" | "/ready" | "/metrics" | "/config" | "/breakers" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready, /metrics, /config, POST /shutdown\n",
+            "not found; try /live, /ready, /metrics, /config, /breakers, POST /shutdown\n",
         ),
     }
+}
+
+fn json(body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

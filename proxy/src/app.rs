@@ -234,10 +234,28 @@ pub async fn run(opts: RunOptions) -> Result<(), ConfigError> {
     proxy.apply_yaml(&text, &source)?;
     tracing::info!(workers, admin = %admin_addr, "tern-proxy running");
     crate::reload::spawn(Arc::clone(&proxy), opts.config.clone(), text);
+    tokio::spawn(housekeeping(Arc::clone(&proxy)));
 
     wait_for_shutdown(&proxy).await;
     proxy.drain_and_wait().await;
     Ok(())
+}
+
+/// Periodic work kept off the request path: evicting idle keys of keyed rate limiters.
+async fn housekeeping(proxy: Arc<Proxy>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(snap) = proxy.snapshot() {
+            for l in &snap.listeners {
+                let routes = l.routes.iter().filter_map(|r| r.rate_limit.as_ref());
+                for limit in l.rate_limit.iter().chain(routes) {
+                    limit.limiter.housekeeping();
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_shutdown(proxy: &Proxy) {

@@ -36,6 +36,30 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    pub backend: String,
+    pub resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitedLabels {
+    pub listener: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub listener: String,
+    pub route: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -49,6 +73,15 @@ pub struct Metrics {
     pub connections_total: Family<ListenerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
+    attempts: Family<BackendLabels, Counter>,
+    retries: Family<BackendLabels, Counter>,
+    budget_exhausted: Family<BackendLabels, Counter>,
+    overflows: Family<OverflowLabels, Counter>,
+    ejections: Family<BackendLabels, Counter>,
+    ejected: Family<BackendLabels, Gauge>,
+    rate_limited: Family<LimitedLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
+    mirrors: Family<RouteLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,6 +129,56 @@ impl Metrics {
             "Version of the running config (1 for the first, +1 per applied change)",
             config_version.clone(),
         );
+        let attempts = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Tries sent to a backend: each request once, plus its retries",
+            attempts.clone(),
+        );
+        let retries = Family::<BackendLabels, Counter>::default();
+        registry.register("retries", "Retries sent to a backend", retries.clone());
+        let budget_exhausted = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the backend's retry budget was spent",
+            budget_exhausted.clone(),
+        );
+        let overflows = Family::<OverflowLabels, Counter>::default();
+        registry.register(
+            "breaker_overflows",
+            "Requests refused (503 overflow) because a backend was at a circuit-breaker limit",
+            overflows.clone(),
+        );
+        let ejections = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            ejections.clone(),
+        );
+        let ejected = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "endpoints_ejected",
+            "Endpoints of a backend out of rotation now (ejected or probing)",
+            ejected.clone(),
+        );
+        let rate_limited = Family::<LimitedLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by a rate limit (route empty: the listener's own limit)",
+            rate_limited.clone(),
+        );
+        let faults = Family::<FaultLabels, Counter>::default();
+        registry.register(
+            "fault_injected",
+            "Requests delayed or aborted by fault injection",
+            faults.clone(),
+        );
+        let mirrors = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "mirror_requests",
+            "Copies of requests sent to a mirror backend",
+            mirrors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -104,7 +187,64 @@ impl Metrics {
             connections_total,
             config_reloads,
             config_version,
+            attempts,
+            retries,
+            budget_exhausted,
+            overflows,
+            ejections,
+            ejected,
+            rate_limited,
+            faults,
+            mirrors,
         }
+    }
+
+    /// The handles one backend's resilience layers record into.
+    pub fn backend(&self, backend: &str) -> BackendMetrics {
+        let l = BackendLabels {
+            backend: backend.to_owned(),
+        };
+        BackendMetrics {
+            attempts: self.attempts.get_or_create_owned(&l),
+            retries: self.retries.get_or_create_owned(&l),
+            budget_exhausted: self.budget_exhausted.get_or_create_owned(&l),
+            overflows: crate::breaker::Resource::ALL.map(|r| {
+                self.overflows.get_or_create_owned(&OverflowLabels {
+                    backend: backend.to_owned(),
+                    resource: r.as_str(),
+                })
+            }),
+            ejections: self.ejections.get_or_create_owned(&l),
+            ejected: self.ejected.get_or_create_owned(&l),
+        }
+    }
+
+    /// Requests refused by a rate limit; `route` empty for a listener's own limit.
+    pub fn rate_limited(&self, listener: &str, route: &str) -> Counter {
+        self.rate_limited.get_or_create_owned(&LimitedLabels {
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+        })
+    }
+
+    /// (delays, aborts) injected on a route.
+    pub fn faults(&self, listener: &str, route: &str) -> (Counter, Counter) {
+        let f = |kind| {
+            self.faults.get_or_create_owned(&FaultLabels {
+                listener: listener.to_owned(),
+                route: route.to_owned(),
+                kind,
+            })
+        };
+        (f("delay"), f("abort"))
+    }
+
+    pub fn mirror(&self, listener: &str, route: &str, backend: &str) -> Counter {
+        self.mirrors.get_or_create_owned(&RouteLabels {
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+            backend: backend.to_owned(),
+        })
     }
 
     /// Resolves the handles one (listener, route, backend) target records into.
@@ -150,6 +290,27 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The counters of one backend's retries and breakers.
+#[derive(Clone, Debug)]
+pub struct BackendMetrics {
+    pub attempts: Counter,
+    pub retries: Counter,
+    pub budget_exhausted: Counter,
+    /// Indexed like `breaker::Resource::ALL`.
+    pub overflows: [Counter; 4],
+    pub ejections: Counter,
+    pub ejected: Gauge,
+}
+
+impl BackendMetrics {
+    pub fn overflow(&self, resource: crate::breaker::Resource) {
+        // `Resource::ALL` lists the variants in declaration order.
+        if let Some(c) = self.overflows.get(resource as usize) {
+            c.inc();
+        }
     }
 }
 

@@ -1,21 +1,25 @@
 //! A compiled, immutable config: what the request path reads. Built once per config change,
-//! off the request path; state that must outlive a change (round-robin position, and later
-//! breakers and EWMA scores) is carried over from the previous snapshot by backend name when
-//! the backend's settings are unchanged.
+//! off the request path. State that must outlive a change is carried over from the previous
+//! snapshot: per backend (by name) its breaker counters, each surviving endpoint's outlier
+//! and load state (by address) and its retry budget (while the budget settings are equal);
+//! per route and listener (by name) the rate-limit buckets while the limit is unchanged.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::balance::Balancer;
+use crate::breaker::{LimitCounters, Limits, OutlierConfig, OutlierDetector};
 use crate::config::{
     self, Backend, Config, ConfigError, HeaderModifier, HttpSettings, ListenerProtocol,
     PathModifier, Problem, UpstreamProtocol,
 };
-use crate::metrics::{Metrics, TargetMetrics};
+use crate::metrics::{BackendMetrics, Metrics, TargetMetrics};
+use crate::ratelimit::Limiter;
+use crate::retry::{RetryBudget, RetryPolicy};
 use crate::router::Router;
 use crate::split::Split;
 
@@ -62,6 +66,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    pub fn backends(&self) -> &[Arc<BackendRt>] {
+        &self.backends
+    }
+
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSnapshot>> {
         self.listeners.iter().find(|l| l.name == name)
     }
@@ -80,7 +88,9 @@ pub struct ListenerSnapshot {
     pub routes: Vec<RouteRt>,
     pub backends: Arc<Vec<Arc<BackendRt>>>,
     pub tcp_backend: Option<usize>,
-    /// Requests that matched no route.
+    /// The listener's own rate limit, checked before routing.
+    pub rate_limit: Option<RateLimitRt>,
+    /// Requests that matched no route (or were refused before routing).
     pub no_route: TargetMetrics,
     pub version: u64,
 }
@@ -97,6 +107,11 @@ impl ListenerSnapshot {
 pub struct RouteRt {
     pub name: String,
     pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub rate_limit: Option<RateLimitRt>,
+    pub fault: Option<FaultRt>,
+    pub mirror: Option<MirrorRt>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub rewrite_host: Option<HeaderValue>,
@@ -107,18 +122,57 @@ pub struct RouteRt {
     pub local: TargetMetrics,
 }
 
-/// One backend: endpoints and how to reach them.
+/// A rate limit and where its refusals are counted. The limiter (its buckets) is shared with
+/// the next snapshot while the limit's settings are unchanged.
+pub struct RateLimitRt {
+    pub spec: config::RateLimitSpec,
+    pub limiter: Arc<Limiter>,
+    pub limited: prometheus_client::metrics::counter::Counter,
+}
+
+/// Fault injection, percentages in parts per million.
+pub struct FaultRt {
+    pub delay: Option<(u32, Duration)>,
+    pub abort: Option<(u32, http::StatusCode)>,
+    pub delays: prometheus_client::metrics::counter::Counter,
+    pub aborts: prometheus_client::metrics::counter::Counter,
+}
+
+pub struct MirrorRt {
+    pub backend: usize,
+    /// Parts per million of requests mirrored.
+    pub ppm: u32,
+    pub sent: prometheus_client::metrics::counter::Counter,
+}
+
+/// One backend: endpoints, how to reach them, and the state that protects them.
 pub struct BackendRt {
     pub name: String,
     pub settings: Backend,
     pub endpoints: Vec<EndpointRt>,
-    pub state: Arc<BackendState>,
+    pub limits: Limits,
+    /// In-use counters of the circuit-breaker limits; the same `Arc` for as long as the
+    /// backend's name lives, so requests in flight stay counted across changes.
+    pub counters: Arc<LimitCounters>,
+    /// Indexed like `endpoints`.
+    pub outlier: OutlierDetector,
+    /// Outlier detection is configured (otherwise `outlier` never ejects).
+    pub outlier_enabled: bool,
+    /// Spread over every endpoint when all are ejected, rather than refuse.
+    pub panic: bool,
+    /// Indexed like `endpoints`.
+    pub balancer: Balancer,
+    pub budget: Arc<RetryBudget>,
+    pub metrics: BackendMetrics,
 }
 
-/// Per-backend state that survives config changes.
-#[derive(Default)]
-pub struct BackendState {
-    next: AtomicUsize,
+/// The endpoint chosen for one try.
+#[derive(Debug, Clone, Copy)]
+pub struct Picked<'a> {
+    pub index: usize,
+    pub endpoint: &'a EndpointRt,
+    /// This try is the half-open probe: its outcome decides whether the endpoint returns.
+    pub probe: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -129,16 +183,167 @@ pub struct EndpointRt {
 }
 
 impl BackendRt {
-    /// Round robin over the endpoints; one atomic add, no lock.
-    pub fn pick(&self) -> Option<&EndpointRt> {
-        match self.endpoints.len() {
-            0 => None,
-            1 => self.endpoints.first(),
-            n => {
-                let i = self.state.next.fetch_add(1, Ordering::Relaxed) % n;
-                self.endpoints.get(i)
+    fn compile(
+        b: &Backend,
+        old: Option<&BackendRt>,
+        shared: &Shared,
+        now: Instant,
+    ) -> Result<Self, String> {
+        let addrs: Vec<SocketAddr> = b.endpoints.clone();
+        let outlier_config = match &b.outlier_detection {
+            Some(o) => o.to_config(),
+            // Off: never eject.
+            None => OutlierConfig {
+                consecutive_failures: 0,
+                ..OutlierConfig::default()
+            },
+        };
+        let balance = b.load_balancer.to_config();
+        let budget_config = b.retry_budget.to_config()?;
+        let (counters, outlier, balancer, budget) = match old {
+            Some(o) => (
+                Arc::clone(&o.counters),
+                o.outlier.carry_over(&addrs, outlier_config),
+                o.balancer.carry_over(&addrs, balance, now),
+                if o.settings.retry_budget == b.retry_budget {
+                    Arc::clone(&o.budget)
+                } else {
+                    Arc::new(RetryBudget::new(
+                        &budget_config,
+                        tokio::time::Instant::from_std(now),
+                    ))
+                },
+            ),
+            None => (
+                Arc::new(LimitCounters::new()),
+                OutlierDetector::new(&addrs, outlier_config, now),
+                Balancer::new(&addrs, balance, now),
+                Arc::new(RetryBudget::new(
+                    &budget_config,
+                    tokio::time::Instant::from_std(now),
+                )),
+            ),
+        };
+        let metrics = shared.metrics.backend(&b.name);
+        metrics.ejected.set(outlier.ejected() as i64);
+        Ok(Self {
+            name: b.name.clone(),
+            endpoints: addrs
+                .iter()
+                .map(|&addr| EndpointRt {
+                    addr,
+                    slot: shared.slot(addr, b.protocol),
+                })
+                .collect(),
+            limits: b.circuit_breaker.to_limits(),
+            counters,
+            outlier,
+            outlier_enabled: b.outlier_detection.is_some(),
+            panic: b.outlier_detection.as_ref().is_some_and(|o| o.panic),
+            balancer,
+            budget,
+            metrics,
+            settings: b.clone(),
+        })
+    }
+
+    /// The endpoint for one try: ejected endpoints are skipped, a half-open one is taken only
+    /// by the one caller that wins its probe (`probe` is then true: report its outcome).
+    /// Every endpoint ejected: `NoHealthyEndpoints`, or in panic mode any endpoint.
+    pub fn pick(&self, now: Instant) -> Result<Picked<'_>, crate::error::ProxyError> {
+        use crate::breaker::Availability;
+        use crate::error::ProxyError;
+        let at = |index: usize| -> Result<Picked<'_>, ProxyError> {
+            match self.endpoints.get(index) {
+                Some(endpoint) => Ok(Picked {
+                    index,
+                    endpoint,
+                    probe: false,
+                }),
+                None => Err(ProxyError::NoEndpoints),
             }
+        };
+        if self.endpoints.is_empty() {
+            return Err(ProxyError::NoEndpoints);
         }
+        if !self.outlier_enabled {
+            let i = self.balancer.pick(now, |_| true);
+            return i.map_or(Err(ProxyError::NoEndpoints), at);
+        }
+        let available = |i| self.outlier.is_available(i, now) != Availability::Ejected;
+        let Some(i) = self.balancer.pick(now, available) else {
+            if self.panic {
+                let i = self.balancer.pick(now, |_| true);
+                return i.map_or(Err(ProxyError::NoEndpoints), at);
+            }
+            return Err(ProxyError::NoHealthyEndpoints);
+        };
+        if self.outlier.is_available(i, now) != Availability::Probe {
+            return at(i);
+        }
+        if self.outlier.try_probe(i, now).is_some() {
+            tracing::info!(backend = %self.name, endpoint = %self.endpoints[i].addr, "endpoint half-open: sending one probe request");
+            return at(i).map(|p| Picked { probe: true, ..p });
+        }
+        // Someone else took the probe: pick among the healthy ones only.
+        let healthy = |i| self.outlier.is_available(i, now) == Availability::Healthy;
+        match self.balancer.pick(now, healthy) {
+            Some(i) => at(i),
+            None if self.panic => at(i),
+            None => Err(ProxyError::NoHealthyEndpoints),
+        }
+    }
+
+    /// Reports how a try to endpoint `index` went to outlier detection; logs and counts any
+    /// transition.
+    pub fn record(&self, index: usize, outcome: crate::breaker::Outcome, now: Instant) {
+        use crate::breaker::Transition;
+        if !self.outlier_enabled {
+            return;
+        }
+        let Some(t) = self.outlier.record(index, outcome, now) else {
+            return;
+        };
+        let addr = self.endpoints.get(index).map(|e| e.addr);
+        match t {
+            Transition::Ejected { for_, times } => {
+                self.metrics.ejections.inc();
+                tracing::warn!(backend = %self.name, endpoint = ?addr, ejected_for = ?for_, times, "endpoint ejected");
+            }
+            Transition::Restored => {
+                tracing::info!(backend = %self.name, endpoint = ?addr, "endpoint restored");
+            }
+            Transition::HalfOpen | Transition::EjectionRefused => {}
+        }
+        self.metrics.ejected.set(self.outlier.ejected() as i64);
+    }
+
+    /// The circuit-breaker view for `GET /breakers`.
+    pub fn breaker_view(&self, now: Instant) -> crate::breaker::BreakerView {
+        crate::breaker::BreakerView {
+            backend: self.name.clone(),
+            limits: self.counters.view(&self.limits),
+            outlier: self.outlier.view(now),
+        }
+    }
+}
+
+impl RateLimitRt {
+    /// Compiles `spec`, reusing `old`'s buckets when its settings are the same.
+    fn compile(
+        spec: &config::RateLimitSpec,
+        old: Option<&RateLimitRt>,
+        limited: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Self, String> {
+        let limiter = match old {
+            Some(o) if o.spec == *spec => Arc::clone(&o.limiter),
+            _ => Arc::new(Limiter::new(&spec.to_config()?)?),
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            limiter,
+            limited,
+        })
     }
 }
 
@@ -199,32 +404,21 @@ pub fn compile(
     config::validate(&config)?;
     let mut problems = Vec::new();
 
+    let now = Instant::now();
     let old: HashMap<&str, &Arc<BackendRt>> = previous
         .map(|p| p.backends.iter().map(|b| (b.name.as_str(), b)).collect())
         .unwrap_or_default();
-    let backends: Vec<Arc<BackendRt>> = config
-        .backends
-        .iter()
-        .map(|b| {
-            let state = match old.get(b.name.as_str()) {
-                Some(o) if o.settings == *b => Arc::clone(&o.state),
-                _ => Arc::default(),
-            };
-            Arc::new(BackendRt {
-                name: b.name.clone(),
-                endpoints: b
-                    .endpoints
-                    .iter()
-                    .map(|&addr| EndpointRt {
-                        addr,
-                        slot: shared.slot(addr, b.protocol),
-                    })
-                    .collect(),
-                settings: b.clone(),
-                state,
-            })
-        })
-        .collect();
+    let mut backends: Vec<Arc<BackendRt>> = Vec::with_capacity(config.backends.len());
+    for (i, b) in config.backends.iter().enumerate() {
+        let prev = old.get(b.name.as_str()).map(|o| o.as_ref());
+        match BackendRt::compile(b, prev, shared, now) {
+            Ok(rt) => backends.push(Arc::new(rt)),
+            Err(message) => problems.push(Problem {
+                path: format!("backends[{i}]"),
+                message,
+            }),
+        }
+    }
     let index: HashMap<&str, usize> = config
         .backends
         .iter()
@@ -235,6 +429,31 @@ pub fn compile(
 
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for (li, l) in config.listeners.iter().enumerate() {
+        let prev_listener = previous.and_then(|p| p.listener(&l.name));
+        let prev_route =
+            |name: &str| prev_listener.and_then(|pl| pl.routes.iter().find(|r| r.name == name));
+        let limit = |spec: Option<&config::RateLimitSpec>,
+                     old: Option<&RateLimitRt>,
+                     route: &str,
+                     at: String,
+                     problems: &mut Vec<Problem>| {
+            let spec = spec?;
+            let counter = shared.metrics.rate_limited(&l.name, route);
+            match RateLimitRt::compile(spec, old, counter) {
+                Ok(rt) => Some(rt),
+                Err(message) => {
+                    problems.push(Problem { path: at, message });
+                    None
+                }
+            }
+        };
+        let listener_limit = limit(
+            l.rate_limit.as_ref(),
+            prev_listener.and_then(|pl| pl.rate_limit.as_ref()),
+            "",
+            format!("listeners[{li}].rate_limit"),
+            &mut problems,
+        );
         let router = match Router::new(&l.routes) {
             Ok(r) => r,
             Err(e) => {
@@ -276,9 +495,57 @@ pub fn compile(
                 })
                 .collect();
             let rewrite = r.filters.url_rewrite.as_ref();
+            let rate_limit = limit(
+                r.rate_limit.as_ref(),
+                prev_route(&r.name).and_then(|pr| pr.rate_limit.as_ref()),
+                &r.name,
+                format!("{at}.rate_limit"),
+                &mut problems,
+            );
+            let retry = match r.retry.as_ref().map(config::RetrySpec::to_policy) {
+                Some(Ok(p)) => Some(p),
+                Some(Err(message)) => {
+                    problems.push(Problem {
+                        path: format!("{at}.retry"),
+                        message,
+                    });
+                    None
+                }
+                None => None,
+            };
+            let fault = r.fault.as_ref().map(|f| {
+                let (delays, aborts) = shared.metrics.faults(&l.name, &r.name);
+                FaultRt {
+                    delay: f
+                        .delay
+                        .as_ref()
+                        .map(|d| (config::percent_to_ppm(d.percent), d.duration)),
+                    abort: f.abort.as_ref().map(|a| {
+                        (
+                            config::percent_to_ppm(a.percent),
+                            http::StatusCode::from_u16(a.status)
+                                .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
+                        )
+                    }),
+                    delays,
+                    aborts,
+                }
+            });
+            let mirror = r.filters.request_mirror.as_ref().and_then(|m| {
+                Some(MirrorRt {
+                    backend: *index.get(m.backend.as_str())?,
+                    ppm: config::percent_to_ppm(m.percent),
+                    sent: shared.metrics.mirror(&l.name, &r.name, &m.backend),
+                })
+            });
             routes.push(RouteRt {
                 name: r.name.clone(),
                 timeout: r.timeout,
+                idle_timeout: r.idle_timeout,
+                retry,
+                rate_limit,
+                fault,
+                mirror,
                 request_headers,
                 response_headers,
                 rewrite_host: rewrite
@@ -303,6 +570,7 @@ pub fn compile(
             routes,
             backends: Arc::clone(&backends),
             tcp_backend: l.tcp_backend.as_deref().and_then(|n| index.get(n).copied()),
+            rate_limit: listener_limit,
             no_route: shared.metrics.target(&l.name, "", ""),
             version,
         }));

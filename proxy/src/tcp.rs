@@ -12,9 +12,12 @@ pub async fn proxy<I>(mut client: I, backend: &BackendRt, peer: SocketAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(ep) = backend.pick() else {
-        tracing::debug!(%peer, backend = %backend.name, "opaque connection closed: no endpoints");
-        return;
+    let ep = match backend.pick(std::time::Instant::now()) {
+        Ok(p) => p.endpoint,
+        Err(e) => {
+            tracing::debug!(%peer, backend = %backend.name, error = %e, "opaque connection closed");
+            return;
+        }
     };
     let connect = tokio::time::timeout(
         backend.settings.connect_timeout,

@@ -1,21 +1,29 @@
 //! The two body types of the proxy: what goes upstream and what goes back downstream. Enums,
 //! not boxes: the request path stays monomorphic and allocation-free.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
+use crate::breaker::Permit;
 use crate::http::pool::Returner;
 use crate::http::server::StreamGuard;
 
-/// A request body sent upstream: the client's own stream, or nothing.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body sent upstream: the client's own stream, a body kept whole so that it can be
+/// sent again (retries, mirrors), or nothing.
 #[derive(Debug)]
 pub enum RequestBody {
     Empty,
     Incoming(Incoming),
+    Full(Option<Bytes>),
 }
 
 impl Body for RequestBody {
@@ -29,6 +37,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -36,6 +45,7 @@ impl Body for RequestBody {
         match self {
             Self::Empty => true,
             Self::Incoming(b) => b.is_end_stream(),
+            Self::Full(d) => d.is_none(),
         }
     }
 
@@ -43,9 +53,62 @@ impl Body for RequestBody {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Incoming(b) => b.size_hint(),
+            Self::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }
+
+impl RequestBody {
+    /// A replayable body: `None` or empty bytes send no body.
+    pub fn full(bytes: Bytes) -> Self {
+        Self::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+/// The time limits on a response body: the route's deadline for the whole exchange, and the
+/// longest silence between two frames. Boxed (timers are `!Unpin`) and only when configured.
+#[derive(Debug)]
+pub struct BodyTimers {
+    deadline: Option<Pin<Box<Sleep>>>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+}
+
+impl BodyTimers {
+    pub fn new(deadline: Option<Instant>, idle: Option<Duration>) -> Option<Box<Self>> {
+        if deadline.is_none() && idle.is_none() {
+            return None;
+        }
+        Some(Box::new(Self {
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            idle: idle.map(|i| (i, Box::pin(tokio::time::sleep(i)))),
+        }))
+    }
+
+    /// True when a limit has passed (and registers for wake-up otherwise).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self
+            .deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        let idle = self
+            .idle
+            .as_mut()
+            .is_some_and(|(_, s)| s.as_mut().poll(cx).is_ready());
+        deadline || idle
+    }
+
+    fn activity(&mut self) {
+        if let Some((i, s)) = &mut self.idle {
+            s.as_mut().reset(Instant::now() + *i);
+        }
+    }
+}
+
+/// The error a response body ends with when a time limit passed mid-stream: the client sees
+/// an incomplete body (HTTP/1 connection closed, HTTP/2 stream reset), never a short one.
+#[derive(Debug, thiserror::Error)]
+#[error("the response body did not finish within the route's time limits")]
+pub struct BodyTimeout;
 
 /// A response body sent downstream: the upstream's stream (which hands its HTTP/1 connection
 /// back to the pool once fully read), or a small body the proxy wrote itself.
@@ -58,6 +121,10 @@ pub enum ResponseBody {
         returner: Option<Returner>,
         /// Keeps an HTTP/2 downstream connection counted as busy while this body streams.
         stream: Option<StreamGuard>,
+        /// The backend's request permit (circuit breaker): the request counts until its body
+        /// is done.
+        permit: Option<Permit>,
+        timers: Option<Box<BodyTimers>>,
     },
 }
 
@@ -80,6 +147,16 @@ impl ResponseBody {
             body,
             returner,
             stream: None,
+            permit: None,
+            timers: None,
+        }
+    }
+
+    /// Holds the request permit until the body is done, and applies the time limits to it.
+    pub fn guard(&mut self, p: Option<Permit>, t: Option<Box<BodyTimers>>) {
+        if let Self::Upstream { permit, timers, .. } = self {
+            *permit = p;
+            *timers = t;
         }
     }
 
@@ -94,16 +171,30 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Self::Upstream { body, returner, .. } => {
+            Self::Upstream {
+                body,
+                returner,
+                timers,
+                ..
+            } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(t) = timers {
+                    match &polled {
+                        Poll::Pending if t.expired(cx) => {
+                            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                        }
+                        Poll::Ready(Some(Ok(_))) => t.activity(),
+                        _ => {}
+                    }
+                }
                 if let Poll::Ready(None) = polled
                     && let Some(r) = returner.take()
                 {
@@ -115,7 +206,7 @@ impl Body for ResponseBody {
                         r.release();
                     }
                 }
-                polled
+                polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
             }
         }
     }

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
+use crate::breaker::{Permit, Resource};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::http::body::RequestBody;
@@ -102,7 +103,7 @@ pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, 
                     return Ok(Checkout::H1(sender, returner));
                 }
             }
-            let sender = connect_h1(ep.addr, s.connect_timeout).await?;
+            let sender = connect_fresh_h1(backend, ep).await?;
             Ok(Checkout::H1(sender, returner))
         }
         UpstreamProtocol::Http2 => {
@@ -120,7 +121,10 @@ pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, 
                 Ok(cell) => cell,
             };
             let result = cell
-                .get_or_init(|| connect_h2(ep.addr, s.connect_timeout))
+                .get_or_init(|| async {
+                    let permit = permits(backend)?;
+                    connect_h2(ep.addr, s.connect_timeout, permit).await
+                })
                 .await
                 .clone();
             with_slot(ep.slot, |slot| {
@@ -159,13 +163,35 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStrea
     Ok(TokioIo::new(stream))
 }
 
-async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, ProxyError> {
+/// The circuit-breaker permits a new connection needs: one for the connection (kept by its
+/// task for its lifetime) and one for the request waiting on it (held only while connecting;
+/// returned with the connection permit, the caller drops it once connected).
+fn permits(backend: &BackendRt) -> Result<(Permit, Permit), ProxyError> {
+    let (counters, limits) = (&backend.counters, &backend.limits);
+    let Some(conn) = counters.try_acquire_connection(limits) else {
+        backend.metrics.overflow(Resource::Connections);
+        return Err(ProxyError::Overflow);
+    };
+    let Some(pending) = counters.try_acquire_pending(limits) else {
+        backend.metrics.overflow(Resource::Pending);
+        return Err(ProxyError::Overflow);
+    };
+    Ok((conn, pending))
+}
+
+async fn connect_h1(
+    addr: SocketAddr,
+    timeout: Duration,
+    (conn_permit, pending): (Permit, Permit),
+) -> Result<H1Sender, ProxyError> {
     let io = connect(addr, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(io)
         .await
         .map_err(|_| ProxyError::ConnectFailed)?;
+    drop(pending);
     tokio::spawn(async move {
+        let _permit = conn_permit;
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
         }
@@ -173,7 +199,11 @@ async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, Pro
     Ok(sender)
 }
 
-async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Sender, ProxyError> {
+async fn connect_h2(
+    addr: SocketAddr,
+    timeout: Duration,
+    (conn_permit, pending): (Permit, Permit),
+) -> Result<H2Sender, ProxyError> {
     let io = connect(addr, timeout).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -182,7 +212,9 @@ async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Sender, Pro
         .handshake(io)
         .await
         .map_err(|_| ProxyError::ConnectFailed)?;
+    drop(pending);
     tokio::spawn(async move {
+        let _permit = conn_permit;
         if let Err(e) = conn.await {
             tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
         }
@@ -210,5 +242,6 @@ pub async fn connect_fresh_h1(
     backend: &BackendRt,
     ep: &EndpointRt,
 ) -> Result<H1Sender, ProxyError> {
-    connect_h1(ep.addr, backend.settings.connect_timeout).await
+    let permits = permits(backend)?;
+    connect_h1(ep.addr, backend.settings.connect_timeout, permits).await
 }

@@ -4,25 +4,28 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{HOST, LOCATION};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::config::{PathModifier, Redirect, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::body::{BodyTimers, RequestBody, ResponseBody};
+use crate::http::exchange::{self, Replay};
 use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
 use crate::http::pool::{self, Checkout};
 use crate::http::server::Activity;
 use crate::metrics::TargetMetrics;
+use crate::ratelimit::{Decision, KeyInput, is_grpc};
 use crate::router::{RequestParts, normalize_path};
-use crate::snapshot::{ListenerSnapshot, RouteRt};
+use crate::snapshot::{BackendRt, ListenerSnapshot, RateLimitRt, RouteRt};
 
 /// What every request on one downstream connection shares.
 pub struct ConnCtx {
@@ -42,9 +45,10 @@ pub async fn handle(
     // One snapshot for the whole exchange: a reload mid-request never mixes two configs.
     let snap = ctx.listener.load_full();
     let version = req.version();
-    let (mut resp, metrics) = match forward(req, &snap).await {
+    let grpc = crate::ratelimit::is_grpc(req.headers());
+    let (mut resp, metrics) = match forward(req, &snap, &ctx, start).await {
         Ok(ok) => ok,
-        Err((e, m)) => (e.into_response(), m),
+        Err((e, m)) => (e.into_response(grpc), m),
     };
     metrics.record(resp.status(), start.elapsed());
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -57,16 +61,43 @@ pub async fn handle(
 }
 
 type Failed<'a> = (ProxyError, &'a TargetMetrics);
+type Answer<'a> = Result<(Response<ResponseBody>, &'a TargetMetrics), Failed<'a>>;
 
-async fn forward(
+/// Checks `req` against a rate limit; the 429 (or gRPC RESOURCE_EXHAUSTED) answer if over it.
+fn rate_limited(
+    limit: &RateLimitRt,
+    req: &Request<Incoming>,
+    client: SocketAddr,
+) -> Option<Response<ResponseBody>> {
+    let decision = limit.limiter.check(KeyInput {
+        client_ip: Some(client.ip()),
+        headers: req.headers(),
+    });
+    if let Decision::Allowed { .. } = decision {
+        return None;
+    }
+    limit.limited.inc();
+    let mut resp = ProxyError::RateLimited.into_response(is_grpc(req.headers()));
+    limit.limiter.insert_headers(&decision, resp.headers_mut());
+    Some(resp)
+}
+
+async fn forward<'s>(
     mut req: Request<Incoming>,
-    snap: &ListenerSnapshot,
-) -> Result<(Response<ResponseBody>, &TargetMetrics), Failed<'_>> {
+    snap: &'s ListenerSnapshot,
+    ctx: &ConnCtx,
+    start: Instant,
+) -> Answer<'s> {
     if req.method() == http::Method::CONNECT {
         return Err((
             ProxyError::BadRequest("CONNECT tunnels are not supported\n"),
             &snap.no_route,
         ));
+    }
+    if let Some(limit) = &snap.rate_limit
+        && let Some(resp) = rate_limited(limit, &req, ctx.client)
+    {
+        return Ok((resp, &snap.no_route));
     }
     let host = match authority(&req) {
         Ok(h) => h,
@@ -95,6 +126,25 @@ async fn forward(
         let resp = redirect_response(redirect, host, &path, found.prefix_len, req.uri().query());
         return Ok((resp, &route.local));
     }
+    if let Some(limit) = &route.rate_limit
+        && let Some(resp) = rate_limited(limit, &req, ctx.client)
+    {
+        return Ok((resp, &route.local));
+    }
+    if let Some(fault) = &route.fault {
+        if let Some((ppm, status)) = fault.abort
+            && roll(ppm)
+        {
+            fault.aborts.inc();
+            return Err((ProxyError::FaultInjected(status), &route.local));
+        }
+        if let Some((ppm, delay)) = fault.delay
+            && roll(ppm)
+        {
+            fault.delays.inc();
+            tokio::time::sleep(delay).await;
+        }
+    }
 
     let Some(target) = route.split.pick() else {
         return Err((ProxyError::NoEndpoints, &route.local));
@@ -103,8 +153,9 @@ async fn forward(
     let Some(backend) = snap.backends.get(target.backend) else {
         return Err((ProxyError::NoEndpoints, m));
     };
-    let Some(ep) = backend.pick() else {
-        return Err((ProxyError::NoEndpoints, m));
+    let permit = match exchange::request_permit(backend) {
+        Ok(p) => p,
+        Err(e) => return Err((e, m)),
     };
 
     // Rewrite the target: normalized path (what we routed on is what the upstream sees),
@@ -146,20 +197,43 @@ async fn forward(
         }
     }
     route.request_headers.apply(req.headers_mut());
-    let req = req.map(RequestBody::Incoming);
 
-    let exchange = send(backend, ep, req, upgrade);
-    let result = match route.timeout {
-        Some(t) => match tokio::time::timeout(t, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(ProxyError::Timeout),
-        },
+    let deadline = route
+        .timeout
+        .map(|t| tokio::time::Instant::from_std(start) + t);
+    let exchange = async {
+        let (req, replay) = match &route.retry {
+            Some(policy) if !upgrade => Replay::prepare(req, policy).await?,
+            _ => (req.map(RequestBody::Incoming), None),
+        };
+        if let Some(mirror) = &route.mirror
+            && roll(mirror.ppm)
+            && let Some(copy) = Replay::mirror_copy(&req)
+            && let Some(b) = snap.backends.get(mirror.backend)
+        {
+            mirror.sent.inc();
+            spawn_mirror(Arc::clone(b), copy, route.timeout);
+        }
+        let exchange = exchange::exchange(backend, req, upgrade, route.retry.as_ref(), replay);
+        match route.idle_timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+            None => exchange.await,
+        }
+    };
+    let result = match deadline {
+        Some(d) => tokio::time::timeout_at(d, exchange)
+            .await
+            .unwrap_or(Err(ProxyError::Timeout)),
         None => exchange.await,
     };
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => return Err((e, m)),
     };
+    resp.body_mut()
+        .guard(Some(permit), BodyTimers::new(deadline, route.idle_timeout));
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(down) = downstream_upgrade {
@@ -179,10 +253,39 @@ async fn forward(
     Ok((resp, m))
 }
 
+/// True for `ppm` parts per million of calls.
+fn roll(ppm: u32) -> bool {
+    ppm >= 1_000_000 || (ppm > 0 && fastrand::u32(..1_000_000) < ppm)
+}
+
+/// Sends a mirror copy in the background: fire and forget, bounded by the mirror backend's
+/// own circuit breaker and by `timeout` (the route's, else 15 s), its response read and
+/// discarded.
+fn spawn_mirror(backend: Arc<BackendRt>, req: Request<RequestBody>, timeout: Option<Duration>) {
+    tokio::spawn(async move {
+        let Ok(_permit) = exchange::request_permit(&backend) else {
+            return;
+        };
+        let run = async {
+            let resp = exchange::exchange(&backend, req, false, None, None).await?;
+            // Read to the end so an HTTP/1 connection goes back to the pool.
+            let _ = resp.into_body().collect().await;
+            Ok::<(), ProxyError>(())
+        };
+        let limit = timeout.unwrap_or(Duration::from_secs(15));
+        if let Ok(Err(e)) | Err(e) = tokio::time::timeout(limit, run)
+            .await
+            .map_err(|_| ProxyError::Timeout)
+        {
+            tracing::debug!(backend = %backend.name, error = %e, "mirror request failed");
+        }
+    });
+}
+
 /// Sends on a pooled connection; an HTTP/1 connection that turns out dead before the request
 /// was written (the upstream closed it while idle) is replaced once, transparently.
-async fn send(
-    backend: &crate::snapshot::BackendRt,
+pub(super) async fn send(
+    backend: &BackendRt,
     ep: &crate::snapshot::EndpointRt,
     req: Request<RequestBody>,
     upgrade: bool,

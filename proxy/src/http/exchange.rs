@@ -1,0 +1,267 @@
+//! One request's exchange with a backend: the circuit breaker's request permit, then tries
+//! until one is final: pick an endpoint (outlier detection + load balancer), send it (with the
+//! per-try timeout), report the outcome (EWMA latency, outlier detection), and retry when the
+//! route's policy, the attempts left, the breaker's retry limit and the backend's budget all
+//! allow.
+//!
+//! Cost when nothing fires: one atomic compare-and-swap for the request permit, two for the
+//! balancer's in-flight count, one load for the endpoint's availability (only with outlier
+//! detection), two clock reads. A route with retries also deposits in the budget (one atomic)
+//! and keeps a copy of the request head for a replay.
+
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::breaker::{Outcome as BreakerOutcome, Permit, Resource};
+use crate::error::ProxyError;
+use crate::http::body::{RequestBody, ResponseBody};
+use crate::retry::{self, Failure, GiveUp, Outcome, RetryPolicy};
+use crate::snapshot::BackendRt;
+
+/// What a request needs to be sent again: its head and its whole body.
+pub struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+}
+
+impl Replay {
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(match &self.body {
+            Some(b) => RequestBody::full(b.clone()),
+            None => RequestBody::Empty,
+        });
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+
+    /// Keeps `req` for replays when `policy` may retry it: its body is read whole first (it is
+    /// small and of known length, or the policy said no). `Err` when the client's body broke
+    /// off while being read.
+    pub async fn prepare(
+        req: Request<Incoming>,
+        policy: &RetryPolicy,
+    ) -> Result<(Request<RequestBody>, Option<Replay>), ProxyError> {
+        let body_is_empty = req.body().is_end_stream();
+        let length = req.body().size_hint().exact();
+        if !policy.retriable_request(req.method(), length, body_is_empty) {
+            return Ok((req.map(RequestBody::Incoming), None));
+        }
+        let (parts, body) = req.into_parts();
+        let body = if body_is_empty {
+            None
+        } else {
+            match body.collect().await {
+                Ok(c) => Some(c.to_bytes()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "request body ended early");
+                    return Err(ProxyError::BadRequest("the request body ended early\n"));
+                }
+            }
+        };
+        let replay = Replay::from_parts(&parts, body);
+        let req = Request::from_parts(
+            parts,
+            match &replay.body {
+                Some(b) => RequestBody::full(b.clone()),
+                None => RequestBody::Empty,
+            },
+        );
+        Ok((req, Some(replay)))
+    }
+
+    fn from_parts(parts: &Parts, body: Option<Bytes>) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        }
+    }
+
+    /// A copy for a mirror, when the body is already whole (or there is none).
+    pub fn mirror_copy(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+        let body = match req.body() {
+            RequestBody::Empty => None,
+            RequestBody::Full(b) => b.clone(),
+            RequestBody::Incoming(b) if b.is_end_stream() => None,
+            RequestBody::Incoming(_) => return None,
+        };
+        let mut copy = Request::new(match body {
+            Some(b) => RequestBody::full(b),
+            None => RequestBody::Empty,
+        });
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        Some(copy)
+    }
+}
+
+/// The request's permit on `backend` (circuit breaker `max_requests`).
+pub fn request_permit(backend: &BackendRt) -> Result<Permit, ProxyError> {
+    match backend.counters.try_acquire_request(&backend.limits) {
+        Some(p) => Ok(p),
+        None => {
+            backend.metrics.overflow(Resource::Requests);
+            Err(ProxyError::Overflow)
+        }
+    }
+}
+
+/// Sends `req` to `backend`, retrying per `policy` when a `replay` was kept.
+pub async fn exchange(
+    backend: &BackendRt,
+    req: Request<RequestBody>,
+    upgrade: bool,
+    policy: Option<&RetryPolicy>,
+    replay: Option<Replay>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (policy, replay) = match (policy, replay) {
+        (Some(p), Some(r)) => (p, r),
+        _ => {
+            let per_try = policy.and_then(|p| p.per_try_timeout);
+            return one_try(backend, req, upgrade, per_try).await;
+        }
+    };
+    backend.budget.deposit(tokio::time::Instant::now());
+    let mut req = Some(req);
+    let mut attempt = 1u32;
+    let mut _retry_permit: Option<Permit> = None;
+    loop {
+        let this = match req.take() {
+            Some(r) => r,
+            None => replay.request(),
+        };
+        let result = one_try(backend, this, false, policy.per_try_timeout).await;
+        let outcome = match &result {
+            Ok(resp) => {
+                if resp.status().as_u16() < 400 && policy.on.grpc.is_empty() {
+                    return result;
+                }
+                Outcome::Response {
+                    status: resp.status(),
+                    headers: resp.headers(),
+                }
+            }
+            Err(e) => match failure(*e) {
+                Some(f) => Outcome::Failed(f),
+                None => return result,
+            },
+        };
+        let decision = retry::next_retry(
+            policy,
+            &backend.budget,
+            attempt,
+            &outcome,
+            tokio::time::Instant::now(),
+            SystemTime::now(),
+            fastrand::u64(..),
+        );
+        let delay = match decision {
+            Ok(d) => d,
+            Err(GiveUp::BudgetExhausted) => {
+                backend.metrics.budget_exhausted.inc();
+                return result;
+            }
+            Err(GiveUp::NotRetriable | GiveUp::AttemptsExhausted) => return result,
+        };
+        // The retry limit of the circuit breaker: retries in flight to this backend.
+        _retry_permit = None;
+        let Some(permit) = backend.counters.try_acquire_retry(&backend.limits) else {
+            backend.metrics.overflow(Resource::Retries);
+            return result;
+        };
+        _retry_permit = Some(permit);
+        // The failed response's body is not read: dropping it closes its connection.
+        drop(result);
+        backend.metrics.retries.inc();
+        attempt += 1;
+        tracing::debug!(backend = %backend.name, attempt, ?delay, "retrying");
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// The retry policy's name for a failure without a response; `None` for failures that are
+/// not the upstream's (overflow, no endpoint): never retried.
+fn failure(e: ProxyError) -> Option<Failure> {
+    match e {
+        ProxyError::ConnectFailed => Some(Failure::ConnectFailed),
+        ProxyError::UpstreamReset => Some(Failure::Reset),
+        ProxyError::Timeout => Some(Failure::Timeout),
+        _ => None,
+    }
+}
+
+/// One try: pick an endpoint, send, report the outcome to the balancer and outlier detection.
+async fn one_try(
+    backend: &BackendRt,
+    req: Request<RequestBody>,
+    upgrade: bool,
+    per_try: Option<std::time::Duration>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let now = Instant::now();
+    let picked = backend.pick(now)?;
+    backend.metrics.attempts.inc();
+    let mut probe = ProbeGuard {
+        backend,
+        index: picked.probe.then_some(picked.index),
+    };
+    let in_flight = backend.balancer.start(picked.index, now);
+    let send = super::proxy::send(backend, picked.endpoint, req, upgrade);
+    let result = match per_try {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::Timeout),
+        },
+        None => send.await,
+    };
+    let done = Instant::now();
+    let verdict = match &result {
+        Ok(resp) => Some(BreakerOutcome::from_status(resp.status().as_u16())),
+        Err(ProxyError::ConnectFailed | ProxyError::UpstreamReset | ProxyError::Timeout) => {
+            Some(BreakerOutcome::Failure)
+        }
+        // Refused before reaching the endpoint (overflow): says nothing about it.
+        Err(_) => None,
+    };
+    in_flight.finish(
+        done,
+        matches!(&result, Ok(r) if r.status() < StatusCode::INTERNAL_SERVER_ERROR),
+    );
+    if let Some(v) = verdict {
+        probe.index = None;
+        backend.record(picked.index, v, done);
+    }
+    result
+}
+
+/// Gives a half-open endpoint's probe back if the try ends without an outcome (cancelled by
+/// the route timeout or a client that went away), so the next request can probe at once.
+struct ProbeGuard<'a> {
+    backend: &'a BackendRt,
+    index: Option<usize>,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.index {
+            self.backend.outlier.release_probe(i);
+        }
+    }
+}
