@@ -1,9 +1,12 @@
-//! Test backends: real hyper servers on loopback that tell the test what the proxy sent them.
+//! Test backends: real hyper servers on loopback that tell the test what the proxy sent them,
+//! and misbehaving ones (failing, switchable, hanging, resetting, dying mid-body) for the
+//! resilience tests.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -37,6 +40,27 @@ pub enum ServerProtocol {
     Auto,
 }
 
+/// How a backend treats a request below HTTP: the ways upstreams fail that a status code
+/// cannot express.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Misbehaviour {
+    /// Answers (after any delay) with the status the options say.
+    None,
+    /// Reads the request, then never answers; the connection stays open.
+    Hang,
+    /// Reads the request head, then closes the connection without a byte of response.
+    Reset,
+    /// Sends a head promising [`PROMISED_BODY`] bytes, [`SENT_BODY`] of them, then closes.
+    CloseMidBody,
+    /// Like `CloseMidBody`, but keeps the connection open and silent instead of closing it.
+    StallMidBody,
+}
+
+/// The `Content-Length` a backend dying or stalling mid-body promises.
+const PROMISED_BODY: usize = 1000;
+/// What it sends of that body before it dies or stalls.
+const SENT_BODY: &[u8] = b"0123456789";
+
 /// How a [`TestBackend`] behaves; every option applies to every request unless it says so.
 #[must_use = "a builder does nothing until `.start().await`"]
 #[derive(Debug, Clone)]
@@ -50,6 +74,8 @@ pub struct BackendBuilder {
     streaming_body: Option<u64>,
     websocket_echo: bool,
     fail_first: Option<(usize, StatusCode)>,
+    fail_every: Option<(usize, StatusCode)>,
+    misbehaviour: Misbehaviour,
     bind: Option<SocketAddr>,
 }
 
@@ -124,6 +150,46 @@ impl BackendBuilder {
         self
     }
 
+    /// Every `n`-th request (the `n`-th, `2n`-th, ..., counting from 1) gets `status` instead
+    /// of the normal one: `n = 2` fails every other request. A transient failure that a
+    /// single retry always fixes.
+    pub fn fail_every(mut self, n: usize, status: u16) -> Self {
+        assert!(n >= 1, "fail_every(0) would divide by zero");
+        let status = StatusCode::from_u16(status).expect("a valid HTTP status code");
+        self.fail_every = Some((n, status));
+        self
+    }
+
+    /// Reads each request (head and body) and never answers, keeping the connection open
+    /// until the backend stops: what route and per-try timeouts are for. Any protocol.
+    pub fn hang(mut self) -> Self {
+        self.misbehaviour = Misbehaviour::Hang;
+        self
+    }
+
+    /// Reads each request's head, then closes the connection without answering: an upstream
+    /// that crashed or reset mid-exchange (the proxy sees the connection end before a
+    /// response). HTTP/1 only; one request per connection.
+    pub fn reset(mut self) -> Self {
+        self.misbehaviour = Misbehaviour::Reset;
+        self
+    }
+
+    /// Answers each request with `200`, `Content-Length: 1000` and 10 bytes of body, then
+    /// closes the connection: a response that started fine and cannot be retried. HTTP/1
+    /// only; one request per connection.
+    pub fn close_mid_body(mut self) -> Self {
+        self.misbehaviour = Misbehaviour::CloseMidBody;
+        self
+    }
+
+    /// Like [`BackendBuilder::close_mid_body`], but the connection then stays open and
+    /// silent until the backend stops: a response body that stalls, for idle timeouts.
+    pub fn stall_mid_body(mut self) -> Self {
+        self.misbehaviour = Misbehaviour::StallMidBody;
+        self
+    }
+
     /// Binds this address instead of a fresh port: a backend that comes back on the port of
     /// one the test stopped.
     pub fn bind(mut self, addr: SocketAddr) -> Self {
@@ -150,7 +216,12 @@ impl BackendBuilder {
             .expect("local_addr of a bound listener");
         let (stop_tx, stop_rx) = watch::channel(());
         let shared = Arc::new(Shared {
+            status: AtomicU16::new(self.status.as_u16()),
+            delay_nanos: AtomicU64::new(nanos(self.delay)),
             opts: self,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            methods: Mutex::new(BTreeMap::new()),
             requests: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             bytes_received: AtomicU64::new(0),
@@ -178,7 +249,17 @@ pub struct TestBackend {
 
 /// What the connection tasks share with the test.
 struct Shared {
+    /// The options as built; `status` and `delay` below override theirs at run time.
     opts: BackendBuilder,
+    /// The normal answer's status, switchable while running ([`TestBackend::set_status`]).
+    status: AtomicU16,
+    /// The delay before answering, switchable while running ([`TestBackend::set_delay`]).
+    delay_nanos: AtomicU64,
+    /// Requests between arrival and the end of their answer (or their abandonment).
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Requests received per method: how many POSTs reached the upstream.
+    methods: Mutex<BTreeMap<String, usize>>,
     requests: AtomicUsize,
     connections: AtomicUsize,
     bytes_received: AtomicU64,
@@ -198,6 +279,8 @@ impl TestBackend {
             streaming_body: None,
             websocket_echo: false,
             fail_first: None,
+            fail_every: None,
+            misbehaviour: Misbehaviour::None,
             bind: None,
         }
     }
@@ -227,6 +310,43 @@ impl TestBackend {
     /// Requests received so far (counted on arrival, before the body is read).
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far with this method (`"POST"`), counted on arrival.
+    pub fn requests_with_method(&self, method: &str) -> usize {
+        self.shared
+            .methods
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(method)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests arrived and not yet answered (nor abandoned by the proxy) right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were ever in flight at once: what a concurrency limit in front
+    /// of this backend let through.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Switches the status of the normal answer from now on (`fail_first` and `fail_every`
+    /// still win for their requests): a backend that starts failing, or recovers.
+    pub fn set_status(&self, status: u16) {
+        StatusCode::from_u16(status).expect("a valid HTTP status code");
+        self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Switches the delay before answering for requests that arrive from now on; requests
+    /// already counted by [`TestBackend::requests`] keep theirs.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared
+            .delay_nanos
+            .store(nanos(delay), Ordering::SeqCst);
     }
 
     /// Connections accepted so far: tells pooled upstream connections from fresh ones.
@@ -299,6 +419,12 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     shared.connections.fetch_add(1, Ordering::SeqCst);
     // Loopback latency tests would otherwise measure Nagle's algorithm.
     let _ = stream.set_nodelay(true);
+    if matches!(
+        shared.opts.misbehaviour,
+        Misbehaviour::Reset | Misbehaviour::CloseMidBody | Misbehaviour::StallMidBody
+    ) {
+        return serve_raw(stream, &shared).await;
+    }
     let io = TokioIo::new(stream);
     let protocol = shared.opts.protocol;
     let service = service_fn(move |req| handle(shared.clone(), req));
@@ -325,8 +451,100 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Serves the misbehaviours below HTTP on one connection: one request, then the failure.
+async fn serve_raw(mut stream: TcpStream, shared: &Shared) {
+    let Some(method) = read_head(&mut stream).await else {
+        return;
+    };
+    count_request(shared, &method);
+    match shared.opts.misbehaviour {
+        Misbehaviour::CloseMidBody | Misbehaviour::StallMidBody => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {PROMISED_BODY}\r\n{BACKEND_HEADER}: {}\r\n\r\n",
+                shared.opts.name
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(SENT_BODY).await;
+            let _ = stream.flush().await;
+            if shared.opts.misbehaviour == Misbehaviour::StallMidBody {
+                let mut stop = shared.stop.clone();
+                // Also ends when the proxy gives up and closes: then the read sees EOF.
+                let mut sink = [0u8; 1024];
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        read = stream.read(&mut sink) => match read {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        },
+                    }
+                }
+            }
+        }
+        // Reset: dropping the stream closes it with nothing written.
+        _ => {}
+    }
+}
+
+/// Reads one HTTP/1 request head (its body, if any, is left unread) and returns its method;
+/// `None` if the peer closed first.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    Some(
+        text.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+fn count_request(shared: &Shared, method: &str) -> usize {
     let index = shared.requests.fetch_add(1, Ordering::SeqCst);
+    *shared
+        .methods
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(method.to_owned())
+        .or_default() += 1;
+    index
+}
+
+/// Counts a request as in flight until dropped: when its answer is complete, or when the
+/// proxy gave up on it and the connection task dropped the handler.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    // Read before the request is counted: a test that saw the count and then switched the
+    // delay knows this request kept the old one.
+    let delay = Duration::from_nanos(shared.delay_nanos.load(Ordering::SeqCst));
+    let index = count_request(&shared, req.method().as_str());
+    let _in_flight = InFlight::start(&shared);
     let opts = &shared.opts;
     if opts.websocket_echo && wants_upgrade(&req) {
         return Ok(upgrade(&shared, req));
@@ -355,13 +573,21 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     }
 
-    if !opts.delay.is_zero() {
-        tokio::time::sleep(opts.delay).await;
+    if opts.misbehaviour == Misbehaviour::Hang {
+        // Until the backend stops; the proxy giving up drops this future with the connection.
+        let mut stop = shared.stop.clone();
+        let _ = stop.changed().await;
+        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "backend stopped"));
     }
 
-    let status = match opts.fail_first {
-        Some((n, status)) if index < n => status,
-        _ => opts.status,
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
+    let status = match (opts.fail_first, opts.fail_every) {
+        (Some((n, status)), _) if index < n => status,
+        (_, Some((n, status))) if (index + 1).is_multiple_of(n) => status,
+        _ => StatusCode::from_u16(shared.status.load(Ordering::SeqCst)).unwrap_or(opts.status),
     };
 
     let (content_type, body) = match opts.streaming_body {
