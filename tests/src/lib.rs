@@ -5,7 +5,9 @@
 //! # Layout
 //!
 //! - [`backend`]: test backends (echo, slow, failing, h2c, trailers, large bodies, upgrade
-//!   echo) that report what the proxy sent them.
+//!   echo) that report what the proxy sent them, and misbehaving ones for resilience tests:
+//!   failing every n-th request, status and delay switchable while running, hanging,
+//!   resetting, dying or stalling mid-body; counts per method and of requests in flight.
 //! - [`proxy`]: launching the proxy binary with a config file; readiness, logs, signals,
 //!   reloads, admin calls, `validate`.
 //! - [`config`]: filling ports into config text (`127.0.0.1:0` → a free port), small config

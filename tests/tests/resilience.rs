@@ -197,13 +197,19 @@ async fn grpc_call(client: &TestClient, url: &str) -> TestResponse {
         .await
 }
 
-/// Asserts a gRPC trailers-only answer: HTTP 200 with `grpc-status` in the header block.
-fn assert_grpc_status(r: &TestResponse, code: &str) {
+/// Asserts the proxy's gRPC answer: trailers-only (HTTP 200, `grpc-status` in the header
+/// block, no body), still naming the cause in `tern-proxy-error`.
+fn assert_grpc_status(r: &TestResponse, code: &str, cause: &str) {
     assert_eq!(
-        (r.status.as_u16(), r.header("grpc-status")),
-        (200, Some(code)),
-        "expected a trailers-only 200 with grpc-status {code}; got {} with trailers {:?}, \
-         body {:?}",
+        (
+            r.status.as_u16(),
+            r.header("grpc-status"),
+            r.header(PROXY_ERROR),
+            r.body.len()
+        ),
+        (200, Some(code), Some(cause), 0),
+        "expected a trailers-only 200 with grpc-status {code} ({cause}); got {} with trailers \
+         {:?}, body {:?}",
         describe(r),
         r.trailers,
         r.text()
@@ -446,40 +452,53 @@ async fn all_ejected_is_503_unless_panic_mode_spreads_over_all() {
     }
 }
 
-/// Resets count as failures for outlier detection, like 5xx.
+/// Resets and connect failures count as failures for outlier detection, like 5xx. Both
+/// backends keep the default `max_ejection_percent` (10 % of 2 endpoints rounds down to 0),
+/// so this also shows the cap ejects at least one.
 #[tokio::test]
-async fn an_endpoint_that_resets_is_ejected_too() {
+async fn resets_and_connect_failures_eject_an_endpoint_too() {
     let broken = TestBackend::builder("broken").reset().start().await;
     let good = TestBackend::echo("good").await;
+    let other = TestBackend::echo("other").await;
+    let closed = free_addr();
+    let outlier = "load_balancer: {policy: round_robin}, outlier_detection: \
+                   {consecutive_failures: 2, base_ejection_time: 10s}";
     let proxy = Proxy::start(config(
-        &[route("r", "", "pool")],
-        &[backend(
-            "pool",
-            &[&broken, &good],
-            "load_balancer: {policy: round_robin}, outlier_detection: \
-             {consecutive_failures: 2, base_ejection_time: 10s, max_ejection_percent: 50}",
-        )],
+        &[
+            prefix_route("resets", "", "resets"),
+            prefix_route("refused", "", "refused"),
+        ],
+        &[
+            backend("resets", &[&broken, &good], outlier),
+            backend_at("refused", &[closed, other.addr()], outlier),
+        ],
     ))
     .await;
     let client = http1_client();
-    let url = proxy.url("web", "/");
-    let mut resets = 0;
-    for _ in 0..20 {
-        let r = client.get(&url).await;
-        match r.status.as_u16() {
-            200 => {}
-            _ => {
-                assert_proxy_error(&r, 502, "upstream-reset");
-                resets += 1;
+
+    for (name, bad, code) in [
+        ("resets", broken.addr(), "upstream-reset"),
+        ("refused", closed, "connect-failed"),
+    ] {
+        let url = proxy.url("web", &format!("/{name}"));
+        let mut failures = 0;
+        for _ in 0..20 {
+            let r = client.get(&url).await;
+            if r.status != 200 {
+                assert_proxy_error(&r, 502, code);
+                failures += 1;
             }
         }
+        assert_eq!(
+            failures, 2,
+            "{name}: the failing endpoint should be ejected after its 2nd failure"
+        );
+        wait_state(&proxy, name, bad, "ejected").await;
+        let view = breaker(&breakers(&proxy).await, name);
+        assert_eq!(view["outlier"]["max_ejected"], 1, "{view:#}");
     }
-    assert_eq!(
-        (resets, broken.requests()),
-        (2, 2),
-        "the resetting endpoint should be ejected after its 2nd reset"
-    );
-    wait_state(&proxy, "pool", broken.addr(), "ejected").await;
+    assert_eq!(broken.requests(), 2);
+    assert_eq!(other.requests(), 18);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -554,6 +573,54 @@ async fn over_max_requests_the_rest_get_an_immediate_503_overflow() {
     );
 }
 
+/// `max_connections: 3` against an HTTP/1 backend (one connection per request in flight):
+/// of 10 concurrent slow requests, 3 get connections and complete, 7 get an immediate 503
+/// `overflow` instead of waiting for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_connections_the_rest_get_an_immediate_503_overflow() {
+    let delay = Duration::from_millis(500);
+    let slow = TestBackend::builder("slow").delay(delay).start().await;
+    let proxy = Proxy::start(config(
+        &[route("r", "", "slow")],
+        &[backend(
+            "slow",
+            &[&slow],
+            "circuit_breaker: {max_connections: 3}",
+        )],
+    ))
+    .await;
+    let client = Arc::new(http1_client());
+    let url = proxy.url("web", "/");
+    let mut calls = JoinSet::new();
+    for _ in 0..10 {
+        let (client, url) = (client.clone(), url.clone());
+        calls.spawn(async move { timed(client.get(&url)).await });
+    }
+    let (mut completed, mut overflowed) = (0, 0);
+    while let Some(call) = calls.join_next().await {
+        let (r, took) = call.expect("request task");
+        if r.status == 200 {
+            completed += 1;
+        } else {
+            assert_proxy_error(&r, 503, "overflow");
+            assert!(took < delay / 2, "an overflow answer took {took:?}");
+            overflowed += 1;
+        }
+    }
+    assert_eq!((completed, overflowed), (3, 7));
+    assert_eq!(slow.connections(), 3);
+    expect_metric(
+        &proxy,
+        "tern_breaker_overflows_total",
+        &[("backend", "slow"), ("resource", "connections")],
+        7.0,
+    )
+    .await;
+    let view = breaker(&breakers(&proxy).await, "slow");
+    assert_eq!(view["limits"]["connections"]["max"], 3, "{view:#}");
+    assert_eq!(view["limits"]["connections"]["overflows"], 7, "{view:#}");
+}
+
 /// `max_retries: 1`: of five requests failing together, one is retried; the other four
 /// retries overflow (counted), and their clients get the failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +669,8 @@ async fn max_retries_caps_concurrent_retries() {
 // ---------------------------------------------------------------------------------------------
 
 /// A backend failing every other request with 503: with the default retry conditions every
-/// GET succeeds, each failure costing exactly one retry; a PUT's body is replayed whole.
+/// GET succeeds, each failure costing exactly one retry; a PUT's body is replayed whole, unless
+/// it is over `max_body_bytes`.
 #[tokio::test]
 async fn retries_hide_a_backend_failing_every_other_request() {
     let flaky = TestBackend::builder("flaky")
@@ -610,11 +678,18 @@ async fn retries_hide_a_backend_failing_every_other_request() {
         .start()
         .await;
     let proxy = Proxy::start(config(
-        &[route(
-            "r",
-            "retry: {max_attempts: 2, backoff: {base: 1ms, max: 1ms}}",
-            "flaky",
-        )],
+        &[
+            prefix_route(
+                "small",
+                "retry: {max_attempts: 2, max_body_bytes: 1000, backoff: {base: 1ms, max: 1ms}}",
+                "flaky",
+            ),
+            route(
+                "r",
+                "retry: {max_attempts: 2, backoff: {base: 1ms, max: 1ms}}",
+                "flaky",
+            ),
+        ],
         &[backend("flaky", &[&flaky], "")],
     ))
     .await;
@@ -648,6 +723,18 @@ async fn retries_hide_a_backend_failing_every_other_request() {
     }
     assert_eq!(flaky.requests_with_method("PUT"), 40);
     assert_eq!(flaky.bytes_received() - bytes_before, 40 * 10_000);
+
+    // A body over `max_body_bytes` is not kept for a replay: that PUT meets the failure
+    // (the backend's next request is an even one) and gets it.
+    let r = client
+        .send("PUT", &proxy.url("web", "/small"), &[], body.clone())
+        .await;
+    assert_eq!(r.status, 503, "{}", describe(&r));
+    assert_eq!(
+        flaky.requests_with_method("PUT"),
+        41,
+        "a 10 kB body was retried"
+    );
 }
 
 /// POST is not idempotent: never retried unless the route allows it, while GETs on the same
@@ -811,6 +898,22 @@ async fn the_retry_budget_caps_retries_when_everything_fails() {
 // Rate limits
 // ---------------------------------------------------------------------------------------------
 
+/// Asserts `RateLimit-Policy` states the quota `q` per window `w` seconds, the way
+/// docs/config.md shows it (draft-ietf-httpapi-ratelimit-headers-09), and `RateLimit` is there.
+fn assert_policy(r: &TestResponse, q: u32, w: u32) {
+    let policy = r.header("ratelimit-policy").unwrap_or_default();
+    assert!(
+        policy.contains(&format!("q={q}")) && policy.contains(&format!("w={w}")),
+        "RateLimit-Policy {policy:?}, expected q={q} and w={w}; {}",
+        describe(r)
+    );
+    assert!(
+        r.header("ratelimit").is_some(),
+        "no RateLimit: {:?}",
+        r.headers
+    );
+}
+
 /// Asserts a 429 of the rate limiter with its headers; returns `Retry-After` in seconds.
 fn assert_rate_limited(r: &TestResponse) -> u64 {
     assert_proxy_error(r, 429, "rate-limited");
@@ -863,6 +966,7 @@ async fn a_rate_limit_admits_burst_plus_rate_times_elapsed() {
             admitted += 1;
         } else {
             assert_rate_limited(&r);
+            assert_policy(&r, 100, 1);
             limited += 1;
         }
     }
@@ -907,6 +1011,7 @@ async fn keyed_rate_limits_are_independent_per_key() {
         for _ in 0..5 {
             let r = client.send("GET", &url, &headers, Bytes::new()).await;
             if r.status == 429 {
+                assert_policy(&r, 1, 60);
                 let retry_after = assert_rate_limited(&r);
                 assert!(
                     retry_after <= 60,
@@ -922,6 +1027,39 @@ async fn keyed_rate_limits_are_independent_per_key() {
         );
     }
     assert_eq!(b.requests(), 9);
+}
+
+/// docs/config.md: "Every response under a limit carries `RateLimit-Policy` and `RateLimit`,
+/// a 429 also `Retry-After`": admitted answers tell the client its quota too, with `r` counting
+/// down the requests left.
+#[tokio::test]
+async fn admitted_responses_under_a_limit_carry_the_ratelimit_headers() {
+    let b = TestBackend::echo("b").await;
+    let proxy = Proxy::start(config(
+        &[route(
+            "r",
+            "rate_limit: {rate: 10, per: minute, burst: 3}",
+            "b",
+        )],
+        &[backend("b", &[&b], "")],
+    ))
+    .await;
+    let client = http1_client();
+    let url = proxy.url("web", "/");
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let r = client.get(&url).await;
+        assert_eq!(r.status, 200, "{}", describe(&r));
+        assert_policy(&r, 10, 60);
+        assert!(r.header("retry-after").is_none(), "Retry-After on a 200");
+        remaining.push(r.header("ratelimit").unwrap_or_default().to_owned());
+    }
+    for (left, header) in [2, 1, 0].iter().zip(&remaining) {
+        assert!(
+            header.contains(&format!("r={left}")),
+            "RateLimit {header:?} should say r={left}; all: {remaining:?}"
+        );
+    }
 }
 
 /// A listener's own limit is checked before routing: its routes share it, and it counts under
@@ -955,10 +1093,10 @@ async fn a_listener_rate_limit_covers_all_its_routes() {
 }
 
 /// gRPC callers get gRPC's answer: HTTP 200, trailers-only, `grpc-status: 8`
-/// (RESOURCE_EXHAUSTED) when rate limited and `grpc-status: 4` (DEADLINE_EXCEEDED) on a
-/// timeout, over h2c.
+/// (RESOURCE_EXHAUSTED) when rate limited, `grpc-status: 4` (DEADLINE_EXCEEDED) on a
+/// timeout, and an injected 503 as 14 (UNAVAILABLE), over h2c.
 #[tokio::test]
-async fn grpc_requests_get_grpc_status_8_when_limited_and_4_on_timeout() {
+async fn grpc_requests_get_trailers_only_status_8_when_limited_4_on_timeout() {
     let echo = TestBackend::builder("echo").http2().start().await;
     let stuck = TestBackend::builder("stuck").http2().hang().start().await;
     let proxy = Proxy::start(config(
@@ -969,6 +1107,11 @@ async fn grpc_requests_get_grpc_status_8_when_limited_and_4_on_timeout() {
                 "echo",
             ),
             prefix_route("slow", "timeout: 300ms", "stuck"),
+            prefix_route(
+                "abort",
+                "fault: {abort: {percent: 100, status: 503}}",
+                "echo",
+            ),
         ],
         &[backend_h2("echo", &echo), backend_h2("stuck", &stuck)],
     ))
@@ -979,17 +1122,22 @@ async fn grpc_requests_get_grpc_status_8_when_limited_and_4_on_timeout() {
     assert_eq!(first.status, 200, "{}", describe(&first));
     assert_eq!(first.backend(), Some("echo"));
     let second = grpc_call(&client, &proxy.url("web", "/limited/Svc/Call")).await;
-    assert_grpc_status(&second, "8");
+    assert_grpc_status(&second, "8", "rate-limited");
     assert_eq!(echo.requests(), 1);
 
     let (r, took) = timed(grpc_call(&client, &proxy.url("web", "/slow/Svc/Call"))).await;
-    assert_grpc_status(&r, "4");
+    assert_grpc_status(&r, "4", "timeout");
     assert_fires_on_time(
         "gRPC route timeout",
         took,
         Duration::from_millis(300),
         Duration::ZERO,
     );
+
+    // An injected 503 maps to UNAVAILABLE (14), gRPC's reading of HTTP 503.
+    let r = grpc_call(&client, &proxy.url("web", "/abort/Svc/Call")).await;
+    assert_grpc_status(&r, "14", "fault-injected");
+    assert_eq!(echo.requests(), 1);
 }
 
 /// A backend entry for an h2c test backend.
