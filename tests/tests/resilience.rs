@@ -317,6 +317,60 @@ async fn a_failing_endpoint_is_ejected_then_a_probe_restores_it() {
     );
 }
 
+/// A probe that fails ejects the endpoint again at once, for `base_ejection_time × times
+/// ejected`: the second ejection is twice as long as the first.
+#[tokio::test]
+async fn a_failed_probe_ejects_again_for_twice_as_long() {
+    let bad = TestBackend::builder("bad").status(500).start().await;
+    let good = TestBackend::echo("good").await;
+    let proxy = Proxy::start(config(
+        &[route("r", "", "pool")],
+        &[backend(
+            "pool",
+            &[&bad, &good],
+            "load_balancer: {policy: round_robin}, outlier_detection: \
+             {consecutive_failures: 2, base_ejection_time: 500ms, max_ejection_percent: 50}",
+        )],
+    ))
+    .await;
+    let client = http1_client();
+    let url = proxy.url("web", "/");
+    for _ in 0..10 {
+        client.get(&url).await;
+        if bad.requests() == 2 {
+            break;
+        }
+    }
+    wait_state(&proxy, "pool", bad.addr(), "ejected").await;
+    wait_state(&proxy, "pool", bad.addr(), "half_open").await;
+
+    // The probe: exactly one request reaches the still-failing endpoint.
+    for _ in 0..10 {
+        client.get(&url).await;
+        if bad.requests() == 3 {
+            break;
+        }
+    }
+    assert_eq!(bad.requests(), 3, "no probe reached the half-open endpoint");
+    let view = breaker(&breakers(&proxy).await, "pool");
+    let ep = endpoint(&view, bad.addr());
+    assert_eq!(ep["state"], "ejected", "{view:#}");
+    assert_eq!(ep["times_ejected"], 2, "{view:#}");
+    let remaining = ep["ejection_remaining_ms"].as_u64().unwrap_or(0);
+    assert!(
+        remaining > 500 && remaining <= 1000,
+        "the 2nd ejection should last 2 × 500 ms; {remaining} ms left right after it"
+    );
+    for _ in 0..10 {
+        assert_eq!(client.get(&url).await.backend(), Some("good"));
+    }
+    assert_eq!(
+        bad.requests(),
+        3,
+        "a re-ejected endpoint got more than its probe"
+    );
+}
+
 /// With every endpoint failing, no more than `max_ejection_percent` of them is ever ejected:
 /// the rest keep serving (their 500s), nobody gets `no-healthy-endpoints`.
 #[tokio::test]
