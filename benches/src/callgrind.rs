@@ -68,7 +68,11 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
         bail!("--requests must be at least 1");
     }
     let backend_bin = std::env::current_exe().context("finding this program's path")?;
-    let mut cases = vec![TargetName::Tern, TargetName::TernMesh];
+    let mut cases = vec![
+        TargetName::Tern,
+        TargetName::TernResilient,
+        TargetName::TernMesh,
+    ];
     if settings.peers {
         cases.extend([TargetName::Nginx, TargetName::Haproxy]);
     }
@@ -217,7 +221,7 @@ fn start_hops(
     let timeout = Duration::from_secs(120);
     let mut hops: Vec<Hop> = Vec::new();
     match case {
-        TargetName::Tern | TargetName::TernMesh => {
+        TargetName::Tern | TargetName::TernMesh | TargetName::TernResilient => {
             let names: &[&str] = if case == TargetName::TernMesh {
                 &["tern-server-sidecar", "tern-client-sidecar"]
             } else {
@@ -234,6 +238,7 @@ fn start_hops(
                     next,
                     "http1",
                     settings.workers,
+                    case == TargetName::TernResilient,
                 );
                 std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
                 let out = dir.join(format!("callgrind.{name}.out"));

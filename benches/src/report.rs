@@ -334,6 +334,7 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
     let nginx = valid(Nginx, h1);
     let haproxy = valid(Haproxy, h1);
     let mesh = valid(TernMesh, h1);
+    let resilient = valid(TernResilient, h1);
     let h2 = valid(Tern, Protocol::Http2);
     let both = |a: Option<f64>, b: Option<f64>| a.zip(b);
     let ratio = |a: f64, b: f64| format!("{:.2}× ({a:.0} vs {b:.0})", a / b);
@@ -422,6 +423,18 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
         both(added(&mesh, |l| l.p99), added(&tern, |l| l.p99)),
         |m, t| m <= 2.0 * t,
         |m, t| format!("{m:+.0} µs vs one hop {t:+.0} µs"),
+    );
+    goal(
+        "tern-resilient throughput ≥ 0.95× tern's (layers configured, not firing)".into(),
+        both(resilient.throughput(), tern.throughput()),
+        |r, t| r >= 0.95 * t,
+        ratio,
+    );
+    goal(
+        format!("tern-resilient added p99 at {r0} req/s ≤ tern's + 10 µs"),
+        both(added(&resilient, |l| l.p99), added(&tern, |l| l.p99)),
+        |r, t| r <= t + 10.0,
+        |r, t| format!("{r:+.0} µs vs tern {t:+.0} µs"),
     );
     goal(
         "HTTP/2 throughput within 10 % of HTTP/1.1".into(),

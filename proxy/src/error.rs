@@ -32,6 +32,10 @@ pub enum ProxyError {
     ConnectFailed,
     #[error("the upstream reset or closed the connection")]
     UpstreamReset,
+    /// HTTP/2 `REFUSED_STREAM`: the upstream did not process the request (safe to retry).
+    /// Answered like any reset.
+    #[error("the upstream refused the stream")]
+    RefusedStream,
     #[error("the upstream did not answer in time")]
     Timeout,
 }
@@ -46,7 +50,9 @@ impl ProxyError {
             }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultInjected(s) => s,
-            Self::ConnectFailed | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::ConnectFailed | Self::UpstreamReset | Self::RefusedStream => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -62,7 +68,7 @@ impl ProxyError {
             Self::RateLimited => "rate-limited",
             Self::FaultInjected(_) => "fault-injected",
             Self::ConnectFailed => "connect-failed",
-            Self::UpstreamReset => "upstream-reset",
+            Self::UpstreamReset | Self::RefusedStream => "upstream-reset",
             Self::Timeout => "timeout",
         }
     }
@@ -77,7 +83,7 @@ impl ProxyError {
             Self::RateLimited => "rate limited\n",
             Self::FaultInjected(_) => "fault injected\n",
             Self::ConnectFailed => "upstream connect failed\n",
-            Self::UpstreamReset => "upstream reset\n",
+            Self::UpstreamReset | Self::RefusedStream => "upstream reset\n",
             Self::Timeout => "upstream timeout\n",
         }
     }
@@ -105,7 +111,8 @@ impl ProxyError {
             | Self::NoHealthyEndpoints
             | Self::Overflow
             | Self::ConnectFailed
-            | Self::UpstreamReset => ("14", "upstream%20unavailable"),
+            | Self::UpstreamReset
+            | Self::RefusedStream => ("14", "upstream%20unavailable"),
         }
     }
 

@@ -2,30 +2,38 @@
 //! TCP backend.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::breaker::Outcome;
 use crate::snapshot::BackendRt;
 
 pub async fn proxy<I>(mut client: I, backend: &BackendRt, peer: SocketAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let ep = match backend.pick(std::time::Instant::now()) {
-        Ok(p) => p.endpoint,
+    let picked = match backend.pick(Instant::now()) {
+        Ok(p) => p,
         Err(e) => {
             tracing::debug!(%peer, backend = %backend.name, error = %e, "opaque connection closed");
             return;
         }
     };
+    let ep = picked.endpoint;
     let connect = tokio::time::timeout(
         backend.settings.connect_timeout,
         TcpStream::connect(ep.addr),
     );
+    // Outlier detection hears how connecting went: the only verdict opaque bytes allow.
     let mut upstream = match connect.await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            backend.record(picked.index, Outcome::Success, Instant::now());
+            s
+        }
         _ => {
+            backend.record(picked.index, Outcome::Failure, Instant::now());
             tracing::debug!(%peer, endpoint = %ep.addr, "opaque connection closed: connect failed");
             return;
         }

@@ -35,17 +35,22 @@ pub enum TargetName {
     TernAuto,
     /// Two Tern proxies in a row: client sidecar, then server sidecar.
     TernMesh,
+    /// One Tern proxy whose route has retries, a timeout, a rate limit that never limits,
+    /// and whose backend has outlier detection: what the resilience layers cost when they
+    /// do not fire.
+    TernResilient,
     Envoy,
     Nginx,
     Haproxy,
 }
 
 impl TargetName {
-    pub const ALL: [TargetName; 7] = [
+    pub const ALL: [TargetName; 8] = [
         TargetName::Direct,
         TargetName::Tern,
         TargetName::TernAuto,
         TargetName::TernMesh,
+        TargetName::TernResilient,
         TargetName::Envoy,
         TargetName::Nginx,
         TargetName::Haproxy,
@@ -57,6 +62,7 @@ impl TargetName {
             TargetName::Tern => "tern",
             TargetName::TernAuto => "tern-auto",
             TargetName::TernMesh => "tern-mesh",
+            TargetName::TernResilient => "tern-resilient",
             TargetName::Envoy => "envoy",
             TargetName::Nginx => "nginx",
             TargetName::Haproxy => "haproxy",
@@ -177,6 +183,10 @@ pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
         TargetName::Tern => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::One)),
         TargetName::TernAuto => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Auto)),
         TargetName::TernMesh => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Mesh)),
+        TargetName::TernResilient => Box::new(tern::Tern::new(
+            programs.tern.clone(),
+            tern::Shape::Resilient,
+        )),
         TargetName::Envoy => Box::new(envoy::Envoy {
             bin: programs.envoy.clone(),
         }),

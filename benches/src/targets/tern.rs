@@ -1,4 +1,5 @@
-//! `tern`, `tern-auto`, `tern-mesh`: the proxy under test, one or two in a row.
+//! `tern`, `tern-auto`, `tern-mesh`, `tern-resilient`: the proxy under test, one or two in a
+//! row, plain or with the resilience layers configured.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,9 @@ pub enum Shape {
     Auto,
     /// Client sidecar → server sidecar → backend, both with fixed listener protocols.
     Mesh,
+    /// One proxy, the route with retries, a timeout and a rate limit that never limits, the
+    /// backend with outlier detection.
+    Resilient,
 }
 
 pub struct Tern {
@@ -31,7 +35,19 @@ impl Tern {
     }
 }
 
-/// One hop's config: everything on `listen` goes to `upstream`.
+/// What `resilient` adds to the route: every layer configured, none firing.
+const RESILIENT_ROUTE: &str = "
+        timeout: 5s
+        retry: { max_attempts: 3, on: gateway-error }
+        rate_limit: { rate: 100000000, burst: 100000000 }";
+
+/// What `resilient` adds to the backend.
+const RESILIENT_BACKEND: &str = "
+    outlier_detection: { consecutive_failures: 5 }
+    circuit_breaker: { max_requests: 100000 }";
+
+/// One hop's config: everything on `listen` goes to `upstream`; `resilient` configures the
+/// retry, timeout, rate-limit, breaker and outlier layers (none of which fire).
 pub fn config(
     admin: SocketAddr,
     listen: SocketAddr,
@@ -39,7 +55,13 @@ pub fn config(
     upstream: SocketAddr,
     upstream_protocol: &str,
     workers: usize,
+    resilient: bool,
 ) -> String {
+    let (route, backend) = if resilient {
+        (RESILIENT_ROUTE, RESILIENT_BACKEND)
+    } else {
+        ("", "")
+    };
     format!(
         "# Written by tern-benches: a plain reverse proxy to one backend.
 admin:
@@ -52,11 +74,11 @@ listeners:
     protocol: {listener_protocol}
     routes:
       - name: all
-        backends: [{{ name: upstream }}]
+        backends: [{{ name: upstream }}]{route}
 backends:
   - name: upstream
     protocol: {upstream_protocol}
-    endpoints: [{upstream}]
+    endpoints: [{upstream}]{backend}
 "
     )
 }
@@ -120,6 +142,7 @@ impl Target for Tern {
             Shape::One => TargetName::Tern,
             Shape::Auto => TargetName::TernAuto,
             Shape::Mesh => TargetName::TernMesh,
+            Shape::Resilient => TargetName::TernResilient,
         }
     }
 
@@ -140,6 +163,9 @@ impl Target for Tern {
             Shape::Mesh => format!(
                 "two proxies (client sidecar → server sidecar), each listener `{listener}`, upstream `{upstream}`; CPU and RSS are the sum of both"
             ),
+            Shape::Resilient => format!(
+                "listener `{listener}`, upstream `{upstream}`; route with timeout, retries and a rate limit that never limits, backend with outlier detection"
+            ),
             _ => format!("listener `{listener}`, upstream `{upstream}`"),
         })
     }
@@ -155,7 +181,16 @@ impl Target for Tern {
         };
         for name in hops {
             let (admin, listen) = (free_addr()?, free_addr()?);
-            let text = config(admin, listen, listener, next, upstream, setup.workers);
+            let resilient = matches!(self.shape, Shape::Resilient);
+            let text = config(
+                admin,
+                listen,
+                listener,
+                next,
+                upstream,
+                setup.workers,
+                resilient,
+            );
             let p = start_one(
                 &self.bin,
                 name,

@@ -134,7 +134,9 @@ pub struct Route {
     pub matches: Vec<RouteMatch>,
     #[serde(default, skip_serializing_if = "Filters::is_empty")]
     pub filters: Filters,
-    /// Deadline for the upstream's response headers. Expiry: 504 `tern-proxy-error: timeout`.
+    /// Deadline for the whole exchange, from the request's arrival to the response body's
+    /// end, retries included. Expiry before the headers: 504 `tern-proxy-error: timeout`;
+    /// after: the response is cut (HTTP/1 connection closed, HTTP/2 stream reset).
     #[serde(
         default,
         with = "humantime_serde",

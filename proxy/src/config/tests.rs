@@ -241,6 +241,12 @@ backends: [{name: a, endpoints: [127.0.0.1:1]}]
             .any(|l| l.starts_with("listeners[0].routes[0].retry.per_try_timeout:")),
         "{w:?}"
     );
+    assert!(
+        w.iter()
+            .any(|l| l.starts_with("listeners[0].routes[0].retry.on:")
+                && l.contains("per_try_timeout")),
+        "{w:?}"
+    );
     assert!(!w.iter().any(|l| l.contains("routes[1]")), "{w:?}");
 }
 

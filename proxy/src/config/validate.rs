@@ -475,6 +475,18 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
                     );
                 }
             }
+            if retry.per_try_timeout.is_some()
+                && let Ok(policy) = retry.to_policy()
+                && !policy.on.matches(&crate::retry::Outcome::Failed(
+                    crate::retry::Failure::Timeout,
+                ))
+            {
+                c.report(
+                    format!("{at}.retry.on"),
+                    "a try that hits per_try_timeout is not retried by these conditions; \
+                     add reset or gateway-error to retry it",
+                );
+            }
             if retry.max_attempts == 1 {
                 c.report(
                     format!("{at}.retry.max_attempts"),

@@ -65,8 +65,9 @@ impl RequestBody {
     }
 }
 
-/// The time limits on a response body: the route's deadline for the whole exchange, and the
-/// longest silence between two frames. Boxed (timers are `!Unpin`) and only when configured.
+/// The time limits on a response body: the route's deadline for the whole exchange (the same
+/// timer that bounded the wait for the headers, handed on), and the longest silence between
+/// two frames. Only present when configured; timers are `!Unpin`, hence boxed.
 #[derive(Debug)]
 pub struct BodyTimers {
     deadline: Option<Pin<Box<Sleep>>>,
@@ -74,14 +75,14 @@ pub struct BodyTimers {
 }
 
 impl BodyTimers {
-    pub fn new(deadline: Option<Instant>, idle: Option<Duration>) -> Option<Box<Self>> {
+    pub fn new(deadline: Option<Pin<Box<Sleep>>>, idle: Option<Duration>) -> Option<Self> {
         if deadline.is_none() && idle.is_none() {
             return None;
         }
-        Some(Box::new(Self {
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        Some(Self {
+            deadline,
             idle: idle.map(|i| (i, Box::pin(tokio::time::sleep(i)))),
-        }))
+        })
     }
 
     /// True when a limit has passed (and registers for wake-up otherwise).
@@ -124,7 +125,7 @@ pub enum ResponseBody {
         /// The backend's request permit (circuit breaker): the request counts until its body
         /// is done.
         permit: Option<Permit>,
-        timers: Option<Box<BodyTimers>>,
+        timers: Option<BodyTimers>,
     },
 }
 
@@ -153,7 +154,7 @@ impl ResponseBody {
     }
 
     /// Holds the request permit until the body is done, and applies the time limits to it.
-    pub fn guard(&mut self, p: Option<Permit>, t: Option<Box<BodyTimers>>) {
+    pub fn guard(&mut self, p: Option<Permit>, t: Option<BodyTimers>) {
         if let Self::Upstream { permit, timers, .. } = self {
             *permit = p;
             *timers = t;

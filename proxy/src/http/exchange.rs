@@ -33,6 +33,50 @@ pub struct Replay {
     body: Option<Bytes>,
 }
 
+/// Header maps kept for replays, per worker thread: a request on a retrying route copies its
+/// headers into a map that already has room, rather than allocating a new one (the copy is
+/// the one cost a retry policy adds to a request that succeeds at once).
+const POOLED_MAPS: usize = 64;
+
+thread_local! {
+    static MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A copy of `src` in a pooled map. Names and values are reference-counted or static, so
+/// copying them is a counter increment each.
+fn copy_headers(src: &HeaderMap) -> HeaderMap {
+    let mut dst = MAPS
+        .with(|m| m.borrow_mut().pop())
+        .unwrap_or_else(|| HeaderMap::with_capacity(src.len()));
+    let mut last = None;
+    for (name, value) in src {
+        // `iter` yields every value; a repeated name comes right after its first value.
+        if last == Some(name) {
+            dst.append(name, value.clone());
+        } else {
+            dst.insert(name, value.clone());
+            last = Some(name);
+        }
+    }
+    dst
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        let mut map = std::mem::take(&mut self.headers);
+        if map.capacity() == 0 {
+            return;
+        }
+        map.clear();
+        MAPS.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() < POOLED_MAPS {
+                m.push(map);
+            }
+        });
+    }
+}
+
 impl Replay {
     fn request(&self) -> Request<RequestBody> {
         let mut req = Request::new(match &self.body {
@@ -42,43 +86,37 @@ impl Replay {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = copy_headers(&self.headers);
         req
     }
 
-    /// Keeps `req` for replays when `policy` may retry it: its body is read whole first (it is
-    /// small and of known length, or the policy said no). `Err` when the client's body broke
-    /// off while being read.
-    pub async fn prepare(
-        req: Request<Incoming>,
-        policy: &RetryPolicy,
-    ) -> Result<(Request<RequestBody>, Option<Replay>), ProxyError> {
+    /// Keeps `req` for replays when `policy` may retry it. A request without a body is ready
+    /// at once; a small one of known length must first be read whole (`ReadBody`).
+    pub fn prepare(req: Request<Incoming>, policy: &RetryPolicy) -> Prepared {
         let body_is_empty = req.body().is_end_stream();
         let length = req.body().size_hint().exact();
         if !policy.retriable_request(req.method(), length, body_is_empty) {
-            return Ok((req.map(RequestBody::Incoming), None));
+            return Prepared::Ready(req.map(RequestBody::Incoming), None);
         }
         let (parts, body) = req.into_parts();
-        let body = if body_is_empty {
-            None
-        } else {
-            match body.collect().await {
-                Ok(c) => Some(c.to_bytes()),
+        if body_is_empty {
+            let replay = Replay::from_parts(&parts, None);
+            return Prepared::Ready(Request::from_parts(parts, RequestBody::Empty), Some(replay));
+        }
+        Prepared::ReadBody(Box::pin(async move {
+            let bytes = match body.collect().await {
+                Ok(c) => c.to_bytes(),
                 Err(e) => {
                     tracing::debug!(error = %e, "request body ended early");
                     return Err(ProxyError::BadRequest("the request body ended early\n"));
                 }
-            }
-        };
-        let replay = Replay::from_parts(&parts, body);
-        let req = Request::from_parts(
-            parts,
-            match &replay.body {
-                Some(b) => RequestBody::full(b.clone()),
-                None => RequestBody::Empty,
-            },
-        );
-        Ok((req, Some(replay)))
+            };
+            let replay = Replay::from_parts(&parts, Some(bytes.clone()));
+            Ok((
+                Request::from_parts(parts, RequestBody::full(bytes)),
+                Some(replay),
+            ))
+        }))
     }
 
     fn from_parts(parts: &Parts, body: Option<Bytes>) -> Self {
@@ -86,7 +124,7 @@ impl Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: copy_headers(&parts.headers),
             body,
         }
     }
@@ -109,6 +147,23 @@ impl Replay {
         *copy.headers_mut() = req.headers().clone();
         Some(copy)
     }
+}
+
+type ReadBody = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<(Request<RequestBody>, Option<Replay>), ProxyError>>
+            + Send,
+    >,
+>;
+
+/// A request made ready for retries.
+// `Ready` is the common case and lives on the stack; boxing it would allocate per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Prepared {
+    Ready(Request<RequestBody>, Option<Replay>),
+    /// The body must be read whole first (boxed: only requests with a body on a retrying
+    /// route pay for it, and the common path's future stays small).
+    ReadBody(ReadBody),
 }
 
 /// The request's permit on `backend` (circuit breaker `max_requests`).
@@ -134,7 +189,8 @@ pub async fn exchange(
         (Some(p), Some(r)) => (p, r),
         _ => {
             let per_try = policy.and_then(|p| p.per_try_timeout);
-            return one_try(backend, req, upgrade, per_try).await;
+            let one = std::pin::pin!(one_try(backend, req, upgrade, per_try));
+            return one.await;
         }
     };
     backend.budget.deposit(tokio::time::Instant::now());
@@ -203,6 +259,7 @@ fn failure(e: ProxyError) -> Option<Failure> {
     match e {
         ProxyError::ConnectFailed => Some(Failure::ConnectFailed),
         ProxyError::UpstreamReset => Some(Failure::Reset),
+        ProxyError::RefusedStream => Some(Failure::RefusedStream),
         ProxyError::Timeout => Some(Failure::Timeout),
         _ => None,
     }
@@ -223,7 +280,7 @@ async fn one_try(
         index: picked.probe.then_some(picked.index),
     };
     let in_flight = backend.balancer.start(picked.index, now);
-    let send = super::proxy::send(backend, picked.endpoint, req, upgrade);
+    let send = std::pin::pin!(super::proxy::send(backend, picked.endpoint, req, upgrade));
     let result = match per_try {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
@@ -234,9 +291,12 @@ async fn one_try(
     let done = Instant::now();
     let verdict = match &result {
         Ok(resp) => Some(BreakerOutcome::from_status(resp.status().as_u16())),
-        Err(ProxyError::ConnectFailed | ProxyError::UpstreamReset | ProxyError::Timeout) => {
-            Some(BreakerOutcome::Failure)
-        }
+        Err(
+            ProxyError::ConnectFailed
+            | ProxyError::UpstreamReset
+            | ProxyError::RefusedStream
+            | ProxyError::Timeout,
+        ) => Some(BreakerOutcome::Failure),
         // Refused before reaching the endpoint (overflow): says nothing about it.
         Err(_) => None,
     };

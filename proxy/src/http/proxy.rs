@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use crate::config::{PathModifier, Redirect, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::http::body::{BodyTimers, RequestBody, ResponseBody};
-use crate::http::exchange::{self, Replay};
+use crate::http::exchange::{self, Prepared, Replay};
 use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
 use crate::http::pool::{self, Checkout};
 use crate::http::server::Activity;
@@ -64,22 +64,31 @@ type Failed<'a> = (ProxyError, &'a TargetMetrics);
 type Answer<'a> = Result<(Response<ResponseBody>, &'a TargetMetrics), Failed<'a>>;
 
 /// Checks `req` against a rate limit; the 429 (or gRPC RESOURCE_EXHAUSTED) answer if over it.
-fn rate_limited(
+/// Counts `req` against `limit`: `Ok` with the decision when admitted (for the `RateLimit`
+/// headers of its response), `Err` with it when over the limit.
+fn check_limit(
     limit: &RateLimitRt,
     req: &Request<Incoming>,
     client: SocketAddr,
-) -> Option<Response<ResponseBody>> {
+) -> Result<Decision, Decision> {
     let decision = limit.limiter.check(KeyInput {
         client_ip: Some(client.ip()),
         headers: req.headers(),
     });
-    if let Decision::Allowed { .. } = decision {
-        return None;
+    match decision {
+        Decision::Allowed { .. } => Ok(decision),
+        Decision::Limited { .. } => {
+            limit.limited.inc();
+            Err(decision)
+        }
     }
-    limit.limited.inc();
-    let mut resp = ProxyError::RateLimited.into_response(is_grpc(req.headers()));
+}
+
+/// The 429 (gRPC: RESOURCE_EXHAUSTED) answer with the limit's headers.
+fn limited(limit: &RateLimitRt, decision: Decision, grpc: bool) -> Response<ResponseBody> {
+    let mut resp = ProxyError::RateLimited.into_response(grpc);
     limit.limiter.insert_headers(&decision, resp.headers_mut());
-    Some(resp)
+    resp
 }
 
 async fn forward<'s>(
@@ -94,10 +103,14 @@ async fn forward<'s>(
             &snap.no_route,
         ));
     }
-    if let Some(limit) = &snap.rate_limit
-        && let Some(resp) = rate_limited(limit, &req, ctx.client)
-    {
-        return Ok((resp, &snap.no_route));
+    // The limit whose headers the response carries: the route's if it has one (the more
+    // specific), else the listener's.
+    let mut admitted: Option<(&RateLimitRt, Decision)> = None;
+    if let Some(limit) = &snap.rate_limit {
+        match check_limit(limit, &req, ctx.client) {
+            Ok(d) => admitted = Some((limit, d)),
+            Err(d) => return Ok((limited(limit, d, is_grpc(req.headers())), &snap.no_route)),
+        }
     }
     let host = match authority(&req) {
         Ok(h) => h,
@@ -126,10 +139,11 @@ async fn forward<'s>(
         let resp = redirect_response(redirect, host, &path, found.prefix_len, req.uri().query());
         return Ok((resp, &route.local));
     }
-    if let Some(limit) = &route.rate_limit
-        && let Some(resp) = rate_limited(limit, &req, ctx.client)
-    {
-        return Ok((resp, &route.local));
+    if let Some(limit) = &route.rate_limit {
+        match check_limit(limit, &req, ctx.client) {
+            Ok(d) => admitted = Some((limit, d)),
+            Err(d) => return Ok((limited(limit, d, is_grpc(req.headers())), &route.local)),
+        }
     }
     if let Some(fault) = &route.fault {
         if let Some((ppm, status)) = fault.abort
@@ -201,32 +215,61 @@ async fn forward<'s>(
     let deadline = route
         .timeout
         .map(|t| tokio::time::Instant::from_std(start) + t);
-    let exchange = async {
-        let (req, replay) = match &route.retry {
-            Some(policy) if !upgrade => Replay::prepare(req, policy).await?,
-            _ => (req.map(RequestBody::Incoming), None),
-        };
-        if let Some(mirror) = &route.mirror
-            && roll(mirror.ppm)
-            && let Some(copy) = Replay::mirror_copy(&req)
-            && let Some(b) = snap.backends.get(mirror.backend)
-        {
-            mirror.sent.inc();
-            spawn_mirror(Arc::clone(b), copy, route.timeout);
-        }
-        let exchange = exchange::exchange(backend, req, upgrade, route.retry.as_ref(), replay);
-        match route.idle_timeout {
-            Some(t) => tokio::time::timeout(t, exchange)
-                .await
-                .unwrap_or(Err(ProxyError::Timeout)),
-            None => exchange.await,
-        }
+    let (req, replay) = match &route.retry {
+        Some(policy) if !upgrade => match Replay::prepare(req, policy) {
+            Prepared::Ready(req, replay) => (req, replay),
+            Prepared::ReadBody(f) => match f.await {
+                Ok(ready) => ready,
+                Err(e) => return Err((e, m)),
+            },
+        },
+        _ => (req.map(RequestBody::Incoming), None),
     };
-    let result = match deadline {
-        Some(d) => tokio::time::timeout_at(d, exchange)
-            .await
-            .unwrap_or(Err(ProxyError::Timeout)),
-        None => exchange.await,
+    if let Some(mirror) = &route.mirror
+        && roll(mirror.ppm)
+        && let Some(copy) = Replay::mirror_copy(&req)
+        && let Some(b) = snap.backends.get(mirror.backend)
+    {
+        mirror.sent.inc();
+        spawn_mirror(Arc::clone(b), copy, route.timeout);
+    }
+    // The exchange stays where it is pinned: the timeouts wrap a reference to it, not a
+    // copy of it (futures this deep are large; moving them is most of their cost).
+    let exchange = std::pin::pin!(exchange::exchange(
+        backend,
+        req,
+        upgrade,
+        route.retry.as_ref(),
+        replay
+    ));
+    // One timer for the route's deadline: it bounds the wait for the headers here, then the
+    // body (handed to it below).
+    let mut deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+    let result = match (&mut deadline, route.idle_timeout) {
+        (None, None) => exchange.await,
+        (Some(d), None) => {
+            tokio::select! {
+                biased;
+                r = exchange => r,
+                () = d.as_mut() => Err(ProxyError::Timeout),
+            }
+        }
+        (d, Some(idle)) => {
+            // Until the response headers, silence is bounded by the idle limit as well.
+            let idle = tokio::time::sleep(idle);
+            let deadline = async {
+                match d {
+                    Some(d) => d.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                r = exchange => r,
+                () = idle => Err(ProxyError::Timeout),
+                () = deadline => Err(ProxyError::Timeout),
+            }
+        }
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -250,6 +293,9 @@ async fn forward<'s>(
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
     route.response_headers.apply(resp.headers_mut());
+    if let Some((limit, decision)) = admitted {
+        limit.limiter.insert_headers(&decision, resp.headers_mut());
+    }
     Ok((resp, m))
 }
 
@@ -325,11 +371,28 @@ pub(super) async fn send(
         Checkout::H2(mut sender) => {
             let resp = sender.send_request(req).await.map_err(|e| {
                 tracing::debug!(error = %e, "upstream HTTP/2 exchange failed");
-                ProxyError::UpstreamReset
+                if refused_stream(&e) {
+                    ProxyError::RefusedStream
+                } else {
+                    ProxyError::UpstreamReset
+                }
             })?;
             Ok(resp.map(|body| ResponseBody::upstream(body, None)))
         }
     }
+}
+
+/// Whether an HTTP/2 upstream refused the stream (RFC 9113 §8.7: it did no work on it), or
+/// sent GOAWAY before the stream began (hyper reports that the same way).
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The URI to send upstream: origin-form for HTTP/1, absolute for HTTP/2 (`:scheme` and
