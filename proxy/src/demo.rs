@@ -1,5 +1,7 @@
-//! `tern-proxy demo`: the proxy on loopback in front of two demo backends, `stable` and
-//! `canary`, split 90/10, with a header-pinned canary route. Prints the split it observes.
+//! `tern-proxy demo`: the proxy on loopback in front of demo backends: `stable` and `canary`
+//! split 90/10 with a header-pinned canary route, an `orders` backend with one broken endpoint
+//! (retries hide it, outlier detection ejects it), and a rate-limited route. Prints what it
+//! observes.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -18,15 +20,18 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::app::{self, RunOptions};
 
 pub async fn run(duration: Duration) -> anyhow::Result<()> {
-    let stable = backend("stable").await?;
-    let canary = backend("canary").await?;
+    let stable = backend("stable", 200).await?;
+    let canary = backend("canary", 200).await?;
+    let broken = backend("broken", 500).await?;
     let listen = free_port()?;
     let admin = free_port()?;
     let dir = std::env::temp_dir().join(format!("tern-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path: PathBuf = dir.join("tern-proxy.yaml");
-    std::fs::write(&path, config(listen, admin, stable, canary))?;
-    println!("demo backends: stable on {stable}, canary on {canary}");
+    std::fs::write(&path, config(listen, admin, stable, canary, broken))?;
+    println!(
+        "demo backends: stable on {stable}, canary on {canary}, broken (always 500) on {broken}"
+    );
     println!("proxy on http://{listen}, admin on http://{admin}");
     println!(
         "config: {} (edit it while the demo runs: the proxy reloads it live)\n",
@@ -47,6 +52,51 @@ pub async fn run(duration: Duration) -> anyhow::Result<()> {
     }
     let (status, err, _) = get(&mut sender, "/", Some(("host", "nobody.example"))).await?;
     println!("GET / for host nobody.example (no route): {status}, tern-proxy-error: {err}\n");
+
+    println!(
+        "GET /orders x20: backend `orders` = [stable, broken]; retries on 5xx, outlier detection"
+    );
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    for _ in 0..20 {
+        let (status, _, _) = get(&mut sender, "/orders", None).await?;
+        *statuses.entry(status).or_default() += 1;
+    }
+    println!("  client saw: {statuses:?} (the broken endpoint's 500s were retried elsewhere)");
+    let (_, _, breakers) = get(&mut connect(admin).await?, "/breakers", None).await?;
+    let ejected = serde_json::from_str::<serde_json::Value>(&breakers)
+        .ok()
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|b| b["backend"] == "orders")
+                .map(|b| {
+                    b["outlier"]["endpoints"]
+                        .as_array()
+                        .map(|eps| {
+                            eps.iter()
+                                .map(|e| {
+                                    let s = |k: &str| e[k].as_str().unwrap_or("?").to_owned();
+                                    format!("{} {}", s("addr"), s("state"))
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                })
+        })
+        .unwrap_or_default();
+    println!("  GET /breakers (admin): {ejected}\n");
+
+    println!("GET /limited x10 at once: route limit 5 per second, burst 5");
+    let mut line = Vec::new();
+    for _ in 0..10 {
+        let (status, _, _) = get(&mut sender, "/limited", None).await?;
+        line.push(status.to_string());
+    }
+    println!(
+        "  {} (429s carry Retry-After and RateLimit headers)\n",
+        line.join(" ")
+    );
 
     println!("GET / for {duration:?}, split 90/10 (observed, cumulative):");
     let start = Instant::now();
@@ -86,7 +136,13 @@ fn shares(counts: &BTreeMap<String, u64>) -> String {
         .join("  ")
 }
 
-fn config(listen: SocketAddr, admin: SocketAddr, stable: SocketAddr, canary: SocketAddr) -> String {
+fn config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    stable: SocketAddr,
+    canary: SocketAddr,
+    broken: SocketAddr,
+) -> String {
     format!(
         r#"# Written by `tern-proxy demo`. Schema: docs/config.md
 admin:
@@ -105,6 +161,21 @@ listeners:
               - {{ name: x-canary, value: always }}
         backends:
           - {{ name: canary }}
+      - name: orders
+        hostnames: [demo.local]
+        matches:
+          - path: {{ type: PathPrefix, value: /orders }}
+        timeout: 2s
+        retry: {{ max_attempts: 3, on: 5xx }}
+        backends:
+          - {{ name: orders }}
+      - name: limited
+        hostnames: [demo.local]
+        matches:
+          - path: {{ type: PathPrefix, value: /limited }}
+        rate_limit: {{ rate: 5, burst: 5 }}
+        backends:
+          - {{ name: stable }}
       - name: web
         hostnames: [demo.local]
         matches:
@@ -117,6 +188,10 @@ backends:
     endpoints: [{stable}]
   - name: canary
     endpoints: [{canary}]
+  - name: orders
+    endpoints: [{stable}, {broken}]
+    load_balancer: {{ policy: round_robin }}
+    outlier_detection: {{ consecutive_failures: 3, base_ejection_time: 30s, max_ejection_percent: 50 }}
 "#
     )
 }
@@ -125,7 +200,7 @@ fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-async fn backend(name: &'static str) -> std::io::Result<SocketAddr> {
+async fn backend(name: &'static str, status: u16) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -134,6 +209,8 @@ async fn backend(name: &'static str) -> std::io::Result<SocketAddr> {
                 let svc = service_fn(move |_req: Request<hyper::body::Incoming>| async move {
                     let mut r =
                         Response::new(Full::new(Bytes::from(format!("hello from {name}\n"))));
+                    *r.status_mut() =
+                        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
                     r.headers_mut()
                         .insert("x-backend", http::HeaderValue::from_static(name));
                     Ok::<_, Infallible>(r)
