@@ -30,6 +30,7 @@ pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
 pub mod reload;
+pub mod reqid;
 pub mod retry;
 pub mod router;
 pub mod snapshot;
