@@ -11,6 +11,9 @@
 //! `balance` (P2C over peak-EWMA, round robin, least request), `retry` (policy, backoff,
 //! budget) and `ratelimit` (governor token buckets, keyed with bounded memory) are IO-free
 //! and unit-tested, not yet on the request path.
+//! Observability, landing the same way (IO-free cores, not yet on the request path): `reqid`
+//! (keep or make `x-request-id`), `trace` (W3C and B3 propagation, sampling, span records, OTLP
+//! export through a bounded queue).
 //! `docs/request-lifecycle.md` draws a request's way through these.
 #![cfg_attr(
     not(test),
@@ -36,4 +39,5 @@ pub mod router;
 pub mod snapshot;
 pub mod split;
 pub mod tcp;
+pub mod trace;
 pub mod workers;
