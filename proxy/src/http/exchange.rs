@@ -185,24 +185,30 @@ pub async fn exchange(
     policy: Option<&RetryPolicy>,
     replay: Option<Replay>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (policy, replay) = match (policy, replay) {
-        (Some(p), Some(r)) => (p, r),
-        _ => {
-            let per_try = policy.and_then(|p| p.per_try_timeout);
-            let one = std::pin::pin!(one_try(backend, req, upgrade, per_try));
-            return one.await;
+    // One call site of `one_try` for first tries and retries alike: each call site would add
+    // the try's whole future to this one's size.
+    let per_try = policy.and_then(|p| p.per_try_timeout);
+    let retries = match (policy, &replay) {
+        (Some(p), Some(_)) => {
+            backend.budget.deposit(tokio::time::Instant::now());
+            Some(p)
         }
+        _ => None,
     };
-    backend.budget.deposit(tokio::time::Instant::now());
     let mut req = Some(req);
     let mut attempt = 1u32;
     let mut _retry_permit: Option<Permit> = None;
     loop {
-        let this = match req.take() {
-            Some(r) => r,
-            None => replay.request(),
+        let this = match (req.take(), &replay) {
+            (Some(r), _) => r,
+            (None, Some(replay)) => replay.request(),
+            // Unreachable: without a replay the first result is returned below.
+            (None, None) => return Err(ProxyError::UpstreamReset),
         };
-        let result = one_try(backend, this, false, policy.per_try_timeout).await;
+        let result = one_try(backend, this, upgrade && attempt == 1, per_try).await;
+        let Some(policy) = retries else {
+            return result;
+        };
         let outcome = match &result {
             Ok(resp) => {
                 if resp.status().as_u16() < 400 && policy.on.grpc.is_empty() {

@@ -103,7 +103,9 @@ pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, 
                     return Ok(Checkout::H1(sender, returner));
                 }
             }
-            let sender = connect_fresh_h1(backend, ep).await?;
+            // Boxed: connecting is rare, and its future (socket, handshake) would otherwise
+            // make every request's future kilobytes larger, to be copied at each step.
+            let sender = Box::pin(connect_fresh_h1(backend, ep)).await?;
             Ok(Checkout::H1(sender, returner))
         }
         UpstreamProtocol::Http2 => {
@@ -121,9 +123,11 @@ pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, 
                 Ok(cell) => cell,
             };
             let result = cell
-                .get_or_init(|| async {
-                    let permit = permits(backend)?;
-                    connect_h2(ep.addr, s.connect_timeout, permit).await
+                .get_or_init(|| {
+                    Box::pin(async {
+                        let permit = permits(backend)?;
+                        connect_h2(ep.addr, s.connect_timeout, permit).await
+                    })
                 })
                 .await
                 .clone();

@@ -345,7 +345,7 @@ pub(super) async fn send(
                         tracing::debug!(error = %e.error(), "upstream exchange failed");
                         return Err(ProxyError::UpstreamReset);
                     };
-                    let mut fresh = pool::connect_fresh_h1(backend, ep).await?;
+                    let mut fresh = Box::pin(pool::connect_fresh_h1(backend, ep)).await?;
                     let r = fresh.send_request(req).await.map_err(|e| {
                         tracing::debug!(error = %e, "upstream exchange failed");
                         ProxyError::UpstreamReset
