@@ -13,13 +13,15 @@
 //! and unit-tested, not yet on the request path.
 //! Observability, landing the same way (IO-free cores, not yet on the request path): `reqid`
 //! (keep or make `x-request-id`), `trace` (W3C and B3 propagation, sampling, span records, OTLP
-//! export through a bounded queue).
+//! export through a bounded queue), `accesslog` (JSON lines with redacted business headers,
+//! written through a bounded queue).
 //! `docs/request-lifecycle.md` draws a request's way through these.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod balance;

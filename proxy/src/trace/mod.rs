@@ -57,6 +57,7 @@ pub use propagate::{
     Format, FormatSet, Incoming, Parent, Propagation, Sampling, TraceContext, extract,
 };
 pub use sampler::Sampler;
+pub(crate) use span::protocol_version;
 pub use span::{Host, SpanKind, SpanRecord, ToSpanData};
 
 /// A 16-byte trace id. All zeros is invalid.

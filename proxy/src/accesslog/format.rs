@@ -1,0 +1,185 @@
+//! One record as one JSON line, appended to a reused buffer.
+//!
+//! Hand-written rather than through `serde_json`: the field set is fixed, and this way a line
+//! costs no allocation (numbers and times are formatted straight into the buffer). Strings are
+//! escaped per RFC 8259; header values may hold bytes above 0x7e (obs-text), which are not
+//! UTF-8 text, so they are written as `\u00XX` (their Latin-1 reading), keeping every line
+//! valid JSON whatever a client sends.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::redact::MAX_DIGEST_LEN;
+use super::{AccessRecord, Captured, LoggedHeader, Redact};
+
+/// Appends `record` as one line of JSON, newline included.
+pub fn write_json(record: &AccessRecord, out: &mut Vec<u8>) {
+    let f = &*record.format;
+    out.extend_from_slice(b"{\"start_time\":\"");
+    // `Vec<u8>`'s `Write` cannot fail.
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(record.start));
+    out.extend_from_slice(b"\",\"duration_ms\":");
+    millis(out, record.duration);
+    out.extend_from_slice(b",\"upstream_ms\":");
+    match record.upstream {
+        Some(d) => millis(out, d),
+        None => out.extend_from_slice(b"null"),
+    }
+    key(out, "listener");
+    string(out, f.listener.as_bytes());
+    key(out, "request_id");
+    opt_string(
+        out,
+        record.request_id.as_ref().map(|id| id.as_str().as_bytes()),
+    );
+    key(out, "trace_id");
+    match &record.trace_id {
+        Some(t) => string(out, &t.to_hex()),
+        None => out.extend_from_slice(b"null"),
+    }
+    key(out, "span_id");
+    match &record.span_id {
+        Some(s) => string(out, &s.to_hex()),
+        None => out.extend_from_slice(b"null"),
+    }
+    key(out, "client");
+    match record.client {
+        Some(addr) => {
+            let _ = write!(out, "\"{addr}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    key(out, "method");
+    string(out, record.method.as_str().as_bytes());
+    key(out, "authority");
+    opt_string(out, record.authority.as_ref().map(|a| a.as_bytes()));
+    key(out, "path");
+    opt_string(
+        out,
+        record.path.as_ref().map(|p| {
+            if f.include_query {
+                p.as_str().as_bytes()
+            } else {
+                p.path().as_bytes()
+            }
+        }),
+    );
+    key(out, "protocol");
+    match crate::trace::protocol_version(record.version) {
+        Some(v) => {
+            let _ = write!(out, "\"HTTP/{v}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    key(out, "status");
+    match record.status {
+        Some(s) => {
+            let _ = write!(out, "{}", s.as_u16());
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    key(out, "flags");
+    let _ = write!(out, "\"{}\"", record.flags);
+    let _ = write!(
+        out,
+        ",\"bytes_in\":{},\"bytes_out\":{}",
+        record.bytes_in, record.bytes_out
+    );
+    key(out, "route");
+    opt_string(out, record.route.as_deref().map(str::as_bytes));
+    key(out, "backend");
+    opt_string(out, record.backend.as_deref().map(str::as_bytes));
+    key(out, "endpoint");
+    match record.endpoint {
+        Some(addr) => {
+            let _ = write!(out, "\"{addr}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(out, ",\"attempts\":{}", record.attempts);
+    if !f.request_headers.is_empty() {
+        key(out, "request_headers");
+        headers(out, &f.request_headers, &record.request_headers, &f.hasher);
+    }
+    if !f.response_headers.is_empty() {
+        key(out, "response_headers");
+        headers(
+            out,
+            &f.response_headers,
+            &record.response_headers,
+            &f.hasher,
+        );
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// Milliseconds with microsecond precision, e.g. `12.345`, from integers (no float rounding).
+fn millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros();
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+}
+
+fn headers(out: &mut Vec<u8>, specs: &[LoggedHeader], values: &Captured, hasher: &super::Hasher) {
+    out.push(b'{');
+    for (i, spec) in specs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, spec.name.as_str().as_bytes());
+        out.push(b':');
+        match (values.get(i), spec.redact) {
+            (None, _) => out.extend_from_slice(b"null"),
+            (Some(v), Redact::None) => string(out, v.as_bytes()),
+            (Some(v), Redact::Hash) => {
+                let mut buf = [0; MAX_DIGEST_LEN];
+                string(out, hasher.digest(v.as_bytes(), &mut buf));
+            }
+            (Some(_), Redact::Drop) => out.extend_from_slice(b"\"redacted\""),
+        }
+    }
+    out.push(b'}');
+}
+
+fn opt_string(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string of `bytes`: printable ASCII as is, `"` and `\` escaped, everything else
+/// (control characters, DEL, bytes above 0x7e) as `\u00XX`.
+fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let plain = (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+        if plain {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}

@@ -1,0 +1,481 @@
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::runtime::Handle;
+
+use super::*;
+use crate::reqid::RequestIds;
+use crate::trace::{Host, SpanId, TraceId};
+
+fn logged(name: &'static str, redact: Redact) -> LoggedHeader {
+    LoggedHeader {
+        name: HeaderName::from_static(name),
+        redact,
+    }
+}
+
+fn format(include_query: bool) -> LogFormat {
+    LogFormat::new(
+        Arc::from("inbound"),
+        vec![
+            logged("x-user-id", Redact::None),
+            logged("x-shop-id", Redact::Hash),
+            logged("authorization", Redact::Drop),
+            logged("x-absent", Redact::None),
+        ],
+        vec![logged("x-cache", Redact::None)],
+        include_query,
+        Hasher::keyed(b"k3y"),
+    )
+    .unwrap()
+}
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in pairs {
+        h.append(*n, HeaderValue::from_static(v));
+    }
+    h
+}
+
+/// A log for formatting tests: its writer's runtime is gone, so nothing is ever written.
+fn log(format: LogFormat, sample: f64) -> AccessLog {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let writer = LogWriter::start_with(tokio::io::sink(), 4, rt.handle());
+    AccessLog::new(format, sample, writer.sink())
+}
+
+fn full_record(log: &AccessLog) -> AccessRecord {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    let mut r = log.record(start);
+    r.duration = Duration::from_micros(12_345);
+    r.upstream = Some(Duration::from_micros(10_001));
+    let mut req = headers(&[
+        ("x-request-id", "req-1"),
+        ("x-user-id", "42"),
+        ("x-user-id", "second value is not logged"),
+        ("x-shop-id", "42"),
+        ("authorization", "Bearer secret"),
+    ]);
+    r.request_id = Some(RequestIds::default().ensure(&mut req));
+    r.request_headers = log.capture_request(&req);
+    r.response_headers = log.capture_response(&headers(&[("x-cache", "HIT")]));
+    r.trace_id = Some(TraceId::from_u128(0xabc));
+    r.span_id = Some(SpanId::from_u64(0xdef));
+    r.client = Some("192.0.2.7:51000".parse().unwrap());
+    r.method = Method::POST;
+    r.authority = Some(Host::Header(HeaderValue::from_static("shop.example.com")));
+    r.path = Some("/orders/42?token=secret".parse().unwrap());
+    r.version = Version::HTTP_2;
+    r.status = Some(StatusCode::SERVICE_UNAVAILABLE);
+    r.flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE.union(ResponseFlags::RETRIES_EXHAUSTED);
+    r.bytes_in = 17;
+    r.bytes_out = 1234;
+    r.route = Some(Arc::from("orders"));
+    r.backend = Some(Arc::from("orders-v2"));
+    r.endpoint = Some("10.0.0.7:9000".parse().unwrap());
+    r.attempts = 3;
+    r
+}
+
+fn line(r: &AccessRecord) -> (String, Value) {
+    let mut out = Vec::new();
+    write_json(r, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.ends_with('\n') && text.matches('\n').count() == 1,
+        "{text}"
+    );
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (text, value)
+}
+
+#[test]
+fn a_full_line_has_every_field() {
+    let log = log(format(false), 1.0);
+    let (_, v) = line(&full_record(&log));
+    assert_eq!(
+        v,
+        json!({
+            "start_time": "2023-11-14T22:13:20.123Z",
+            "duration_ms": 12.345,
+            "upstream_ms": 10.001,
+            "listener": "inbound",
+            "request_id": "req-1",
+            "trace_id": "00000000000000000000000000000abc",
+            "span_id": "0000000000000def",
+            "client": "192.0.2.7:51000",
+            "method": "POST",
+            "authority": "shop.example.com",
+            "path": "/orders/42",
+            "protocol": "HTTP/2",
+            "status": 503,
+            "flags": "UF,URX",
+            "bytes_in": 17,
+            "bytes_out": 1234,
+            "route": "orders",
+            "backend": "orders-v2",
+            "endpoint": "10.0.0.7:9000",
+            "attempts": 3,
+            "request_headers": {
+                "x-user-id": "42",
+                "x-shop-id": "hmac-sha256:ce2d7caed289663313ba19a67f407a63",
+                "authorization": "redacted",
+                "x-absent": null
+            },
+            "response_headers": {"x-cache": "HIT"}
+        })
+    );
+}
+
+#[test]
+fn a_bare_line_has_nulls_and_no_header_objects() {
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    let log = log(bare, 1.0);
+    let (text, v) = line(&log.record(SystemTime::UNIX_EPOCH));
+    for field in [
+        "upstream_ms",
+        "request_id",
+        "trace_id",
+        "span_id",
+        "client",
+        "authority",
+        "path",
+        "status",
+        "route",
+        "backend",
+        "endpoint",
+    ] {
+        assert_eq!(v[field], Value::Null, "{field} in {text}");
+    }
+    assert_eq!(v["flags"], "-");
+    assert_eq!(v["duration_ms"], json!(0.0));
+    assert_eq!(v["protocol"], "HTTP/1.1");
+    assert_eq!(v["attempts"], 0);
+    assert!(v.get("request_headers").is_none() && v.get("response_headers").is_none());
+}
+
+#[test]
+fn the_query_is_logged_only_when_asked() {
+    let log = log(format(true), 1.0);
+    let (_, v) = line(&full_record(&log));
+    assert_eq!(v["path"], "/orders/42?token=secret");
+}
+
+#[test]
+fn odd_bytes_are_escaped_into_valid_json() {
+    let f = LogFormat::new(
+        Arc::from("l\"x"),
+        vec![logged("x-odd", Redact::None)],
+        vec![],
+        false,
+        Hasher::default(),
+    )
+    .unwrap();
+    let log = log(f, 1.0);
+    let mut r = log.record(SystemTime::UNIX_EPOCH);
+    let mut h = HeaderMap::new();
+    h.insert(
+        "x-odd",
+        HeaderValue::from_bytes(b"a\"b\\c\tde\xc3\xa9").unwrap(),
+    );
+    r.request_headers = log.capture_request(&h);
+    r.method = Method::from_bytes(b"PURGE").unwrap();
+    let (text, v) = line(&r);
+    assert!(
+        text.contains(r#""x-odd":"a\"b\\c\tde\u00c3\u00a9""#),
+        "{text}"
+    );
+    assert_eq!(v["request_headers"]["x-odd"], "a\"b\\c\tde\u{c3}\u{a9}");
+    assert_eq!(v["listener"], "l\"x");
+    assert_eq!(v["method"], "PURGE");
+}
+
+#[test]
+fn redaction() {
+    let mut buf = [0; redact::MAX_DIGEST_LEN];
+    assert_eq!(
+        Hasher::unkeyed().digest(b"42", &mut buf),
+        b"sha256:73475cb40a568e8da8a045ced110137e"
+    );
+    assert_eq!(
+        Hasher::unkeyed().digest(b"", &mut buf),
+        b"sha256:e3b0c44298fc1c149afbf4c8996fb924"
+    );
+    assert_eq!(
+        Hasher::keyed(b"k3y").digest(b"42", &mut buf),
+        b"hmac-sha256:ce2d7caed289663313ba19a67f407a63"
+    );
+    assert_eq!(
+        Hasher::keyed(b"k3y").digest(b"42", &mut buf).len(),
+        redact::MAX_DIGEST_LEN
+    );
+    assert!(!format!("{:?}", Hasher::keyed(b"k3y")).contains("k3y"));
+
+    // A dropped header keeps no copy of its value, only its presence.
+    let log = log(format(false), 1.0);
+    let c = log.capture_request(&headers(&[("authorization", "Bearer secret")]));
+    assert_eq!(c.get(2), Some(&HeaderValue::from_static("")));
+    assert_eq!(c.get(0), None);
+}
+
+#[test]
+fn captures_follow_the_configured_order_and_bound() {
+    let log = log(format(false), 1.0);
+    let c = log.capture_request(&headers(&[("x-shop-id", "s"), ("x-user-id", "u")]));
+    assert_eq!(c.get(0).unwrap(), "u");
+    assert_eq!(c.get(1).unwrap(), "s");
+    assert_eq!(c.get(3), None);
+    assert_eq!(c.get(MAX_CAPTURED + 5), None);
+    let nine = (0..9).map(|_| logged("x-a", Redact::None)).collect();
+    assert!(LogFormat::new(Arc::from("l"), nine, vec![], false, Hasher::default()).is_err());
+}
+
+#[test]
+fn flags_map_from_errors_and_print_like_envoy() {
+    use crate::error::ProxyError::*;
+    let cases = [
+        (BadRequest("x"), "DPE"),
+        (NoRoute, "NR"),
+        (NoEndpoints, "UH"),
+        (NoHealthyEndpoints, "UH"),
+        (Overflow, "UO"),
+        (RateLimited, "RL"),
+        (FaultInjected(StatusCode::IM_A_TEAPOT), "FI"),
+        (ConnectFailed, "UF"),
+        (UpstreamReset, "UC"),
+        (RefusedStream, "UR"),
+        (Timeout, "UT"),
+    ];
+    for (error, code) in cases {
+        assert_eq!(ResponseFlags::from_error(error).to_string(), code);
+    }
+    let mut f = ResponseFlags::empty();
+    assert_eq!(f.to_string(), "-");
+    f.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
+    f.insert(ResponseFlags::UPSTREAM_TIMEOUT);
+    f.insert(ResponseFlags::DELAY_INJECTED);
+    assert_eq!(f.to_string(), "UT,DI,DC");
+    assert!(f.contains(ResponseFlags::UPSTREAM_TIMEOUT));
+    assert!(!f.contains(ResponseFlags::NO_ROUTE));
+    assert_eq!(
+        ResponseFlags::CODES.len(),
+        ResponseFlags::CODES
+            .iter()
+            .map(|(f, _)| f.0)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    );
+}
+
+#[test]
+fn sampling_ratio() {
+    let mut rng = fastrand::Rng::with_seed(5);
+    let never = log(format(false), 0.0);
+    let always = log(format(false), 1.0);
+    let quarter = log(format(false), 0.25);
+    assert!((0..1000).all(|_| !never.sample_with(&mut rng)));
+    assert!((0..1000).all(|_| always.sample_with(&mut rng)));
+    let n = (0..100_000)
+        .filter(|_| quarter.sample_with(&mut rng))
+        .count();
+    assert!((24_000..=26_000).contains(&n), "{n}");
+    assert!(always.sample());
+}
+
+fn small_record(log: &AccessLog, n: u32) -> AccessRecord {
+    let mut r = log.record(SystemTime::now());
+    r.attempts = n;
+    r
+}
+
+async fn read_lines(reader: &mut tokio::io::DuplexStream, want: usize) -> Vec<Value> {
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while text.iter().filter(|&&b| b == b'\n').count() < want {
+        assert!(
+            Instant::now() < deadline,
+            "only got {:?}",
+            String::from_utf8_lossy(&text)
+        );
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        text.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_writer_writes_each_record_as_a_line() {
+    let (writer_end, mut reader) = tokio::io::duplex(1 << 20);
+    let writer = LogWriter::start_with(writer_end, 16, &Handle::current());
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    let log = AccessLog::new(bare, 1.0, writer.sink());
+    for n in 0..5 {
+        assert!(log.submit(small_record(&log, n)));
+    }
+    let lines = read_lines(&mut reader, 5).await;
+    let attempts: Vec<u64> = lines
+        .iter()
+        .map(|v| v["attempts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, vec![0, 1, 2, 3, 4]);
+    assert_eq!(writer.stats().written(), 5);
+    writer.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_stuck_output_drops_and_counts_and_never_blocks_the_caller() {
+    // A pipe with a tiny buffer nobody reads: the writer blocks on its first write.
+    let (writer_end, mut reader) = tokio::io::duplex(64);
+    let writer = LogWriter::start_with(writer_end, 8, &Handle::current());
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    let log = AccessLog::new(bare, 1.0, writer.sink());
+    let stats = Arc::clone(writer.stats());
+    let mut accepted = 0u64;
+    let t = Instant::now();
+    for n in 0..1000 {
+        if log.submit(small_record(&log, n)) {
+            accepted += 1;
+        }
+        if n % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // The queue (8) plus one batch taken by the writer (at most 8 queued then).
+    assert!((8..=16).contains(&accepted), "accepted {accepted}");
+    assert_eq!(stats.dropped(), 1000 - accepted);
+
+    // The reader catches up: every accepted line arrives, whole and in order.
+    let lines = read_lines(&mut reader, accepted as usize).await;
+    assert_eq!(lines.len() as u64, accepted);
+    assert_eq!(stats.written(), accepted);
+    writer.shutdown(Duration::from_secs(5)).await;
+}
+
+/// An output whose every write fails.
+struct Broken;
+
+impl AsyncWrite for Broken {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Err(std::io::Error::other("disk full")))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn failed_writes_are_counted_and_the_writer_goes_on() {
+    let writer = LogWriter::start_with(Broken, 16, &Handle::current());
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    let log = AccessLog::new(bare, 1.0, writer.sink());
+    for n in 0..3 {
+        log.submit(small_record(&log, n));
+    }
+    let stats = Arc::clone(writer.stats());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.write_failed() < 3 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    log.submit(small_record(&log, 9));
+    writer.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((stats.write_failed(), stats.written()), (4, 0));
+}
+
+fn temp_log() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "tern-accesslog-{}-{}.log",
+        std::process::id(),
+        fastrand::u64(..)
+    ))
+}
+
+#[tokio::test]
+async fn files_are_appended_and_shutdown_flushes() {
+    let path = temp_log();
+    std::fs::write(&path, "an earlier line\n").unwrap();
+    let mut writers = Writers::new(Handle::current(), QUEUE_SIZE);
+    let output = Output::File(path.clone());
+    let a = writers.sink(&output).unwrap();
+    let b = writers.sink(&output).unwrap();
+    assert!(Arc::ptr_eq(a.stats(), b.stats()), "one writer per output");
+    let bare = |name: &str| {
+        LogFormat::new(Arc::from(name), vec![], vec![], false, Hasher::default()).unwrap()
+    };
+    let first = AccessLog::new(bare("first"), 1.0, a);
+    let second = AccessLog::new(bare("second"), 1.0, b);
+    first.submit(small_record(&first, 1));
+    second.submit(small_record(&second, 2));
+    writers.shutdown(Duration::from_secs(5)).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "an earlier line");
+    let listeners: Vec<String> = lines[1..]
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["listener"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(listeners, vec!["first", "second"]);
+}
+
+#[tokio::test]
+async fn writers_follow_config_changes() {
+    let (p1, p2) = (temp_log(), temp_log());
+    let (o1, o2) = (Output::File(p1.clone()), Output::File(p2.clone()));
+    let mut writers = Writers::new(Handle::current(), 16);
+    let s1 = writers.sink(&o1).unwrap();
+    writers.sink(&o2).unwrap();
+    assert_eq!(writers.iter().count(), 2);
+    writers
+        .retain(std::slice::from_ref(&o2), Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        writers.iter().map(|(o, _)| o.clone()).collect::<Vec<_>>(),
+        vec![o2]
+    );
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    let log = AccessLog::new(bare, 1.0, s1);
+    assert!(
+        !log.submit(small_record(&log, 1)),
+        "a stopped writer takes nothing"
+    );
+    assert_eq!(log.sink().stats().dropped(), 1);
+    writers.shutdown(Duration::from_secs(5)).await;
+    let bad = Writers::new(Handle::current(), 16)
+        .sink(&Output::File("/nonexistent-dir/x/access.log".into()));
+    assert!(bad.is_err());
+    for p in [p1, p2] {
+        let _ = std::fs::remove_file(p);
+    }
+    assert_eq!(Output::Stdout.to_string(), "stdout");
+}
