@@ -2,6 +2,7 @@
 //! data plane. Parsing is strict (unknown fields are errors); `compile` turns it into a runtime
 //! snapshot and reports every semantic problem with its path in the document.
 
+mod observability;
 mod resilience;
 mod validate;
 
@@ -10,6 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use observability::{
+    AccessLogSpec, ListenerTracingSpec, LoggedHeaderSpec, OtlpProtocol, OtlpSpec,
+    PropagationFormat, RedactSpec, RequestIdSpec, SpanKindSpec, TracingSpec,
+};
 pub use resilience::{
     BackoffSpec, CircuitBreakerSpec, FaultAbort, FaultDelay, FaultSpec, KeySpec, LoadBalancerSpec,
     MirrorSpec, OutlierSpec, PerSpec, RateLimitSpec, RetryBudgetSpec, RetrySpec, percent_to_ppm,
@@ -34,6 +39,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     #[serde(default)]
     pub backends: Vec<Backend>,
+    /// Span export and sampling. Absent: no spans, and trace headers pass through untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +79,15 @@ pub struct Listener {
     /// The route table. Order matters only to break ties (Gateway API precedence).
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Request ids: kept or made, passed upstream, echoed.
+    #[serde(default, skip_serializing_if = "RequestIdSpec::is_default")]
+    pub request_id: RequestIdSpec,
+    /// This listener's spans (kind) and trace headers (formats); needs the top-level `tracing`.
+    #[serde(default, skip_serializing_if = "ListenerTracingSpec::is_default")]
+    pub tracing: ListenerTracingSpec,
+    /// One JSON line per request. Absent: no access log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,6 +75,13 @@ impl Checker {
             message: message.into(),
         });
     }
+
+    /// Reports a spec's own problems, whose paths are relative to `at`.
+    fn report_all(&mut self, at: &str, problems: Vec<(String, String)>) {
+        for (path, message) in problems {
+            self.report(format!("{at}{path}"), message);
+        }
+    }
 }
 
 /// Checks everything `Config::from_yaml` cannot: references, uniqueness, ranges, regexes,
@@ -114,6 +121,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             c.report(format!("{at}.connect_timeout"), "must be greater than 0");
         }
         check_backend_resilience(&mut c, &at, b);
+    }
+
+    if let Some(t) = &config.tracing {
+        c.report_all("tracing", t.problems());
     }
 
     let mut listener_names = HashSet::new();
@@ -191,6 +202,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 format!("{at}.http.header_read_timeout"),
                 "must be greater than 0",
             );
+        }
+
+        c.report_all(&format!("{at}.request_id"), l.request_id.problems());
+        c.report_all(&format!("{at}.tracing"), l.tracing.problems());
+        if let Some(log) = &l.access_log {
+            c.report_all(&format!("{at}.access_log"), log.problems());
         }
 
         let mut route_names = HashSet::new();
@@ -451,6 +468,28 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
         problems: Vec::new(),
     };
     for (i, l) in config.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        if config.tracing.is_none() && !l.tracing.is_default() {
+            c.report(
+                format!("{at}.tracing"),
+                "has no effect without the top-level tracing block",
+            );
+        }
+        if let Some(log) = &l.access_log {
+            if log.hash_key.is_some() && !log.hashes() {
+                c.report(
+                    format!("{at}.access_log.hash_key"),
+                    "no header is logged with redact: hash",
+                );
+            }
+            if log.hash_key.is_none() && log.hashes() {
+                c.report(
+                    format!("{at}.access_log"),
+                    "redact: hash without a hash_key is plain SHA-256: a reader of the log can \
+                     recover low-entropy values (user ids, e-mail addresses) by guessing",
+                );
+            }
+        }
         for (j, r) in l.routes.iter().enumerate() {
             let at = format!("listeners[{i}].routes[{j}]");
             let Some(retry) = &r.retry else { continue };
