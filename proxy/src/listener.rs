@@ -97,7 +97,7 @@ async fn connection(
         ListenerProtocol::Http2 => HttpVersion::Http2,
         ListenerProtocol::Tcp => {
             if let Some(b) = snap.tcp_backend.and_then(|i| snap.backends.get(i)) {
-                crate::tcp::proxy(stream, b, peer).await;
+                crate::tcp::proxy(stream, b, peer, &snap.tcp_bytes).await;
             }
             return;
         }
@@ -117,7 +117,7 @@ async fn connection(
                 Protocol::Http2 => HttpVersion::Http2,
                 Protocol::Opaque => {
                     match snap.tcp_backend.and_then(|i| snap.backends.get(i)) {
-                        Some(b) => crate::tcp::proxy(io, b, peer).await,
+                        Some(b) => crate::tcp::proxy(io, b, peer, &snap.tcp_bytes).await,
                         None => {
                             tracing::debug!(%peer, "closing non-HTTP connection: the listener has no tcp_backend")
                         }

@@ -1,8 +1,8 @@
 //! The proxy's metrics: one prometheus-client registry; handles are resolved when a config is
 //! compiled, so the request path only touches atomics (no label hashing, no locks).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
@@ -60,6 +60,22 @@ pub struct FaultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub listener: String,
+    pub route: String,
+    pub backend: String,
+    /// The gRPC status code's name, e.g. `OK`, `UNAVAILABLE`.
+    pub grpc_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub listener: String,
+    /// `received` (from clients) or `sent` (to clients).
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -69,6 +85,10 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
+    upstream_duration: Family<RouteLabels, Histogram>,
+    grpc: Family<GrpcLabels, Counter>,
+    in_flight: Family<ListenerLabels, Gauge>,
+    tcp_bytes: Family<DirectionLabels, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub connections_total: Family<ListenerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
@@ -92,7 +112,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tern");
+        let mut root = Registry::default();
+        // Standard `process_*` metrics, unprefixed as every Prometheus client exports them.
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("tern");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -173,6 +196,30 @@ impl Metrics {
             "Requests delayed or aborted by fault injection",
             faults.clone(),
         );
+        let upstream_duration = Family::<RouteLabels, Histogram>::default();
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a try upstream to its response headers, per try",
+            upstream_duration.clone(),
+        );
+        let grpc = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_responses",
+            "gRPC responses by grpc-status (from trailers, or the headers of a trailers-only response)",
+            grpc.clone(),
+        );
+        let in_flight = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests received and not yet answered (response headers not yet sent)",
+            in_flight.clone(),
+        );
+        let tcp_bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tcp_bytes",
+            "Bytes of opaque TCP connections, received from and sent to clients",
+            tcp_bytes.clone(),
+        );
         let mirrors = Family::<RouteLabels, Counter>::default();
         registry.register(
             "mirror_requests",
@@ -180,9 +227,13 @@ impl Metrics {
             mirrors.clone(),
         );
         Self {
-            registry,
+            registry: root,
             requests,
             duration,
+            upstream_duration,
+            grpc,
+            in_flight,
+            tcp_bytes,
             connections_open,
             connections_total,
             config_reloads,
@@ -257,12 +308,40 @@ impl Metrics {
                 status_class,
             })
         });
-        let duration = self.duration.get_or_create_owned(&RouteLabels {
+        let labels = RouteLabels {
             listener: listener.to_owned(),
             route: route.to_owned(),
             backend: backend.to_owned(),
-        });
-        TargetMetrics { by_class, duration }
+        };
+        let duration = self.duration.get_or_create_owned(&labels);
+        let upstream = self.upstream_duration.get_or_create_owned(&labels);
+        TargetMetrics {
+            by_class,
+            duration,
+            upstream,
+            grpc: Arc::new(GrpcCounters {
+                family: self.grpc.clone(),
+                labels,
+                codes: Default::default(),
+            }),
+        }
+    }
+
+    pub fn in_flight(&self, listener: &str) -> Gauge {
+        self.in_flight.get_or_create_owned(&ListenerLabels {
+            listener: listener.to_owned(),
+        })
+    }
+
+    /// (received from clients, sent to clients) bytes of a listener's opaque TCP connections.
+    pub fn tcp_bytes(&self, listener: &str) -> (Counter, Counter) {
+        let c = |direction| {
+            self.tcp_bytes.get_or_create_owned(&DirectionLabels {
+                listener: listener.to_owned(),
+                direction,
+            })
+        };
+        (c("received"), c("sent"))
     }
 
     pub fn listener_connections(&self, listener: &str) -> (Gauge, Counter) {
@@ -319,6 +398,8 @@ impl BackendMetrics {
 pub struct TargetMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
+    upstream: Histogram,
+    grpc: Arc<GrpcCounters>,
 }
 
 impl TargetMetrics {
@@ -326,6 +407,161 @@ impl TargetMetrics {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed);
+    }
+
+    /// One try's time to its response headers.
+    pub fn upstream(&self, elapsed: Duration) {
+        self.upstream.observe(elapsed);
+    }
+
+    /// A gRPC response's status, by number (unknown numbers are ignored).
+    pub fn grpc_status(&self, code: u8) {
+        self.grpc.inc(code);
+    }
+
+    /// Shared with response bodies, which see the trailers.
+    pub fn grpc(&self) -> &Arc<GrpcCounters> {
+        &self.grpc
+    }
+}
+
+/// The gRPC status names, by code (gRPC's `doc/statuscodes.md`).
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// One target's gRPC status counters, each created on its first use (so a route that never
+/// sees gRPC exports none): after that, one atomic load and one increment.
+#[derive(Debug)]
+pub struct GrpcCounters {
+    family: Family<GrpcLabels, Counter>,
+    labels: RouteLabels,
+    codes: [OnceLock<Counter>; 17],
+}
+
+impl GrpcCounters {
+    pub fn inc(&self, code: u8) {
+        let (Some(slot), Some(name)) = (
+            self.codes.get(usize::from(code)),
+            GRPC_CODES.get(usize::from(code)),
+        ) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.family.get_or_create_owned(&GrpcLabels {
+                listener: self.labels.listener.clone(),
+                route: self.labels.route.clone(),
+                backend: self.labels.backend.clone(),
+                grpc_status: name,
+            })
+        })
+        .inc();
+    }
+}
+
+/// `process_*`: CPU time, resident memory, open and maximum file descriptors, start time,
+/// read from /proc at each scrape (Linux; elsewhere, nothing).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl ProcessCollector {
+    fn stat() -> Option<(f64, f64, f64)> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which may contain spaces, in parentheses.
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = 100.0; // USER_HZ on every Linux architecture we build for
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        // utime, stime are fields 14 and 15 of stat (11, 12 after the name); starttime 22 (19);
+        // rss 24 (21), in pages.
+        let cpu = (num(11)? + num(12)?) / ticks;
+        let page = 4096.0;
+        let rss = num(21)? * page;
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+        let start = boot + num(19)? / ticks;
+        Some((cpu, rss, start))
+    }
+
+    fn fds() -> Option<(i64, i64)> {
+        let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as i64;
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let max = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))?
+            .split_whitespace()
+            .nth(3)?
+            .parse()
+            .ok()?;
+        Some((open, max))
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        if let Some((cpu, rss, start)) = Self::stat() {
+            let m = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cpu).encode(m)?;
+            let m = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(rss).encode(m)?;
+            let m = encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(start).encode(m)?;
+        }
+        if let Some((open, max)) = Self::fds() {
+            let m = encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(open).encode(m)?;
+            let m = encoder.encode_descriptor(
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(max).encode(m)?;
+        }
+        Ok(())
     }
 }
 

@@ -92,6 +92,12 @@ pub struct ListenerSnapshot {
     pub rate_limit: Option<RateLimitRt>,
     /// Requests that matched no route (or were refused before routing).
     pub no_route: TargetMetrics,
+    pub in_flight: prometheus_client::metrics::gauge::Gauge,
+    /// (received from clients, sent to clients) bytes of opaque TCP connections.
+    pub tcp_bytes: (
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    ),
     pub version: u64,
 }
 
@@ -572,6 +578,8 @@ pub fn compile(
             tcp_backend: l.tcp_backend.as_deref().and_then(|n| index.get(n).copied()),
             rate_limit: listener_limit,
             no_route: shared.metrics.target(&l.name, "", ""),
+            in_flight: shared.metrics.in_flight(&l.name),
+            tcp_bytes: shared.metrics.tcp_bytes(&l.name),
             version,
         }));
     }

@@ -7,11 +7,18 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::breaker::Outcome;
 use crate::snapshot::BackendRt;
 
-pub async fn proxy<I>(mut client: I, backend: &BackendRt, peer: SocketAddr)
-where
+/// `bytes`: the listener's (received from clients, sent to clients) counters.
+pub async fn proxy<I>(
+    mut client: I,
+    backend: &BackendRt,
+    peer: SocketAddr,
+    bytes: &(Counter, Counter),
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let picked = match backend.pick(Instant::now()) {
@@ -39,7 +46,11 @@ where
         }
     };
     let _ = upstream.set_nodelay(true);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%peer, error = %e, "opaque connection ended");
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((received, sent)) => {
+            bytes.0.inc_by(received);
+            bytes.1.inc_by(sent);
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "opaque connection ended"),
     }
 }

@@ -126,6 +126,8 @@ pub enum ResponseBody {
         /// is done.
         permit: Option<Permit>,
         timers: Option<BodyTimers>,
+        /// A gRPC response's status counters: the status arrives in the trailers.
+        grpc: Option<std::sync::Arc<crate::metrics::GrpcCounters>>,
     },
 }
 
@@ -150,6 +152,14 @@ impl ResponseBody {
             stream: None,
             permit: None,
             timers: None,
+            grpc: None,
+        }
+    }
+
+    /// Counts the `grpc-status` of the trailers when they arrive.
+    pub fn count_grpc(&mut self, counters: std::sync::Arc<crate::metrics::GrpcCounters>) {
+        if let Self::Upstream { grpc, .. } = self {
+            *grpc = Some(counters);
         }
     }
 
@@ -184,9 +194,18 @@ impl Body for ResponseBody {
                 body,
                 returner,
                 timers,
+                grpc,
                 ..
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let (Some(g), Poll::Ready(Some(Ok(frame)))) = (&*grpc, &polled)
+                    && let Some(code) = frame
+                        .trailers_ref()
+                        .and_then(|t| t.get("grpc-status"))
+                        .and_then(crate::retry::GrpcCode::from_header)
+                {
+                    g.inc(code.code());
+                }
                 if let Some(t) = timers {
                     match &polled {
                         Poll::Pending if t.expired(cx) => {

@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use crate::breaker::{Outcome as BreakerOutcome, Permit, Resource};
 use crate::error::ProxyError;
 use crate::http::body::{RequestBody, ResponseBody};
+use crate::metrics::TargetMetrics;
 use crate::retry::{self, Failure, GiveUp, Outcome, RetryPolicy};
 use crate::snapshot::BackendRt;
 
@@ -178,8 +179,10 @@ pub fn request_permit(backend: &BackendRt) -> Result<Permit, ProxyError> {
 }
 
 /// Sends `req` to `backend`, retrying per `policy` when a `replay` was kept.
+/// `metrics`: where each try's time to headers is recorded (`None` for mirrors).
 pub async fn exchange(
     backend: &BackendRt,
+    metrics: Option<&TargetMetrics>,
     req: Request<RequestBody>,
     upgrade: bool,
     policy: Option<&RetryPolicy>,
@@ -205,7 +208,7 @@ pub async fn exchange(
             // Unreachable: without a replay the first result is returned below.
             (None, None) => return Err(ProxyError::UpstreamReset),
         };
-        let result = one_try(backend, this, upgrade && attempt == 1, per_try).await;
+        let result = one_try(backend, metrics, this, upgrade && attempt == 1, per_try).await;
         let Some(policy) = retries else {
             return result;
         };
@@ -274,6 +277,7 @@ fn failure(e: ProxyError) -> Option<Failure> {
 /// One try: pick an endpoint, send, report the outcome to the balancer and outlier detection.
 async fn one_try(
     backend: &BackendRt,
+    metrics: Option<&TargetMetrics>,
     req: Request<RequestBody>,
     upgrade: bool,
     per_try: Option<std::time::Duration>,
@@ -306,6 +310,9 @@ async fn one_try(
         // Refused before reaching the endpoint (overflow): says nothing about it.
         Err(_) => None,
     };
+    if let (Ok(_), Some(m)) = (&result, metrics) {
+        m.upstream(done.saturating_duration_since(now));
+    }
     in_flight.finish(
         done,
         matches!(&result, Ok(r) if r.status() < StatusCode::INTERNAL_SERVER_ERROR),

@@ -46,11 +46,24 @@ pub async fn handle(
     let snap = ctx.listener.load_full();
     let version = req.version();
     let grpc = crate::ratelimit::is_grpc(req.headers());
+    let in_flight = InFlight::new(&snap.in_flight);
     let (mut resp, metrics) = match forward(req, &snap, &ctx, start).await {
         Ok(ok) => ok,
         Err((e, m)) => (e.into_response(grpc), m),
     };
+    drop(in_flight);
     metrics.record(resp.status(), start.elapsed());
+    if grpc {
+        // Trailers-only (errors, and ours): the status is in the headers; else in trailers.
+        match resp
+            .headers()
+            .get("grpc-status")
+            .and_then(crate::retry::GrpcCode::from_header)
+        {
+            Some(code) => metrics.grpc_status(code.code()),
+            None => resp.body_mut().count_grpc(Arc::clone(metrics.grpc())),
+        }
+    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         *resp.version_mut() = version;
     }
@@ -58,6 +71,22 @@ pub async fn handle(
         resp.body_mut().hold(stream);
     }
     Ok(resp)
+}
+
+/// Counts a request in flight until dropped (answered, or abandoned by its client).
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(g: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 type Failed<'a> = (ProxyError, &'a TargetMetrics);
@@ -237,6 +266,7 @@ async fn forward<'s>(
     // copy of it (futures this deep are large; moving them is most of their cost).
     let exchange = std::pin::pin!(exchange::exchange(
         backend,
+        Some(m),
         req,
         upgrade,
         route.retry.as_ref(),
@@ -313,7 +343,7 @@ fn spawn_mirror(backend: Arc<BackendRt>, req: Request<RequestBody>, timeout: Opt
             return;
         };
         let run = async {
-            let resp = exchange::exchange(&backend, req, false, None, None).await?;
+            let resp = exchange::exchange(&backend, None, req, false, None, None).await?;
             // Read to the end so an HTTP/1 connection goes back to the pool.
             let _ = resp.into_body().collect().await;
             Ok::<(), ProxyError>(())
