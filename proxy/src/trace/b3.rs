@@ -100,14 +100,25 @@ fn valid_span_id(text: &[u8]) -> Option<SpanId> {
 /// Reads the `x-b3-*` headers. Empty when none of them says anything usable.
 pub fn parse_multi(headers: &HeaderMap) -> B3Context {
     let one = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
-    let ids = match (one(&TRACE_ID), one(&SPAN_ID)) {
+    parse_multi_values(one(&TRACE_ID), one(&SPAN_ID), one(&SAMPLED), one(&FLAGS))
+}
+
+/// [`parse_multi`] from the (first) values of `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`
+/// and `x-b3-flags`.
+pub fn parse_multi_values(
+    trace_id: Option<&[u8]>,
+    span_id: Option<&[u8]>,
+    sampled: Option<&[u8]>,
+    flags: Option<&[u8]>,
+) -> B3Context {
+    let ids = match (trace_id, span_id) {
         (Some(t), Some(s)) => valid_trace_id(t).zip(valid_span_id(s)),
         _ => None,
     };
-    let decision = if one(&FLAGS) == Some(b"1") {
+    let decision = if flags == Some(b"1") {
         Some(Decision::Debug)
     } else {
-        match one(&SAMPLED) {
+        match sampled {
             Some(b"1" | b"true") => Some(Decision::Accept),
             Some(b"0" | b"false") => Some(Decision::Deny),
             _ => None,

@@ -1,9 +1,10 @@
 //! Extraction of the incoming context, the start of this hop's span, and injection of the
 //! outgoing headers. See the module docs of `trace` for the model.
 
-use http::{HeaderMap, HeaderName};
+use http::header::GetAll;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::b3::{self, B3Context, Decision};
+use super::b3::{self, Decision};
 use super::w3c::{self, TraceState};
 use super::{Sampler, SpanContext, SpanId, TraceId};
 
@@ -130,11 +131,13 @@ pub struct Incoming {
     present: u8,
 }
 
-/// Reads the incoming context; see the module docs of `trace` for the precedence.
+/// Reads the incoming context; see the module docs of `trace` for the precedence. One
+/// header-map lookup per trace header name, whatever is present.
 pub fn extract(headers: &HeaderMap) -> Incoming {
+    let lines: [GetAll<'_, HeaderValue>; 8] = HEADERS.each_ref().map(|n| headers.get_all(n));
     let mut present = 0u8;
-    for (i, name) in HEADERS.iter().enumerate() {
-        if headers.contains_key(name) {
+    for (i, l) in lines.iter().enumerate() {
+        if l.iter().next().is_some() {
             present |= 1 << i;
         }
     }
@@ -158,10 +161,18 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
     if present == 0 {
         return incoming;
     }
+    let [
+        traceparent,
+        tracestate,
+        single_b3,
+        trace_id,
+        span_id,
+        _parent,
+        sampled,
+        flags,
+    ] = lines;
 
-    if present & TRACEPARENT != 0
-        && let Some(tp) = single(headers, &w3c::TRACEPARENT).and_then(w3c::parse_traceparent)
-    {
+    if let Some(tp) = single(&traceparent).and_then(w3c::parse_traceparent) {
         incoming.parent = Some(Parent {
             trace_id: tp.trace_id,
             span_id: tp.parent_id,
@@ -173,20 +184,22 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
             Sampling::Deny
         };
         if present & TRACESTATE != 0 {
-            incoming.tracestate = w3c::check_tracestate(headers.get_all(w3c::TRACESTATE));
+            incoming.tracestate = w3c::check_tracestate(tracestate);
         }
         return incoming;
     }
 
-    let single_b3 = if present & B3_SINGLE != 0 {
-        single(headers, &b3::B3).and_then(b3::parse_single)
-    } else {
-        None
-    };
-    let (b3, format) = match single_b3 {
+    let (b3, format) = match single(&single_b3).and_then(b3::parse_single) {
         Some(ctx) => (ctx, Format::B3Single),
-        None if present & B3_MULTI_ANY != 0 => (b3::parse_multi(headers), Format::B3Multi),
-        None => (B3Context::default(), Format::B3Multi),
+        None => (
+            b3::parse_multi_values(
+                first(&trace_id),
+                first(&span_id),
+                first(&sampled),
+                first(&flags),
+            ),
+            Format::B3Multi,
+        ),
     };
     incoming.parent = b3.ids.map(|(trace_id, span_id)| Parent {
         trace_id,
@@ -202,9 +215,14 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
     incoming
 }
 
-/// The header's value bytes if it appears exactly once.
-fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
-    let mut values = headers.get_all(name).iter();
+/// The first value's bytes.
+fn first<'a>(lines: &GetAll<'a, HeaderValue>) -> Option<&'a [u8]> {
+    lines.iter().next().map(HeaderValue::as_bytes)
+}
+
+/// The value's bytes if the header appears exactly once.
+fn single<'a>(lines: &GetAll<'a, HeaderValue>) -> Option<&'a [u8]> {
+    let mut values = lines.iter();
     let first = values.next()?;
     values.next().is_none().then_some(first.as_bytes())
 }
@@ -276,32 +294,32 @@ impl Propagation {
     /// Extracts the incoming context and starts this hop's span. Draws from the calling
     /// thread's `fastrand` generator.
     pub fn start(&self, headers: &HeaderMap) -> TraceContext {
-        self.start_from(extract(headers), || fastrand::u128(..))
+        self.start_from(extract(headers), || fastrand::u64(..))
     }
 
     /// [`Self::start`] drawing from `rng` (tests pass a seeded one).
     pub fn start_with(&self, headers: &HeaderMap, rng: &mut fastrand::Rng) -> TraceContext {
-        self.start_from(extract(headers), || rng.u128(..))
+        self.start_from(extract(headers), || rng.u64(..))
     }
 
     /// Starts this hop's span from an extracted context.
     pub fn continue_from(&self, incoming: Incoming, rng: &mut fastrand::Rng) -> TraceContext {
-        self.start_from(incoming, || rng.u128(..))
+        self.start_from(incoming, || rng.u64(..))
     }
 
-    fn start_from(&self, incoming: Incoming, mut random: impl FnMut() -> u128) -> TraceContext {
+    fn start_from(&self, incoming: Incoming, mut random: impl FnMut() -> u64) -> TraceContext {
         let trace_id = match incoming.parent {
             Some(p) => p.trace_id,
             None => loop {
-                let id = TraceId::from_u128(random());
+                let id = TraceId::from_u128((u128::from(random()) << 64) | u128::from(random()));
                 if id.is_valid() {
                     break id;
                 }
             },
         };
         let span_id = loop {
-            // The low half of a draw; the parent's span id is never reused.
-            let id = SpanId::from_u64(random() as u64);
+            // Never zero, and never the parent's span id.
+            let id = SpanId::from_u64(random());
             if id.is_valid() && incoming.parent.is_none_or(|p| p.span_id != id) {
                 break id;
             }
