@@ -387,11 +387,20 @@ async fn worker_threads_follow_the_config() {
             .count()
     }
     let a = TestBackend::echo("a").await;
+    // A thread names itself once it runs; on a busy machine that can trail readiness a little.
     let three = Proxy::start(format!("workers: 3\n{}", tern_e2e::config::simple(&[&a]))).await;
-    assert_eq!(workers(three.pid()), 3);
+    wait_for("3 named worker threads", DEADLINE, async || {
+        workers(three.pid()) == 3
+    })
+    .await;
     let default = Proxy::start(tern_e2e::config::simple(&[&a])).await;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(workers(default.pid()), cpus);
+    wait_for("one worker per CPU", DEADLINE, async || {
+        workers(default.pid()) == cpus
+    })
+    .await;
+    // And no more than that.
+    assert_eq!(workers(three.pid()), 3);
 }
 
 #[test]
