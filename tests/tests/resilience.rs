@@ -1571,7 +1571,9 @@ async fn fault_injection_aborts_and_delays_as_configured() {
     for _ in 0..5 {
         let (r, took) = timed(client.get(&proxy.url("web", "/delay"))).await;
         assert_eq!(r.status, 200, "{}", describe(&r));
-        assert_fires_on_time("fault delay", took, delay, Duration::ZERO);
+        // The delay must be there; its upper bound allows for a loaded CI machine (the 10 %
+        // rule is the timeouts'; here 20 ms of it would be scheduling noise).
+        assert_fires_on_time("fault delay", took, delay, Duration::from_millis(50));
     }
     expect_metric(
         &proxy,
