@@ -34,8 +34,8 @@
 //!
 //! # Cost on the request path (tracing on)
 //!
-//! `start`: eight header-map lookups (one per trace header name, present or not), parsing of
-//! at most a few hundred bytes, one or three random `u64`s; no allocation (an over-long `tracestate` is the exception:
+//! `start`: one pass over the request's header fields (a short name compare each, no hashing),
+//! parsing of at most a few hundred bytes, one or three random `u64`s; no allocation (an over-long `tracestate` is the exception:
 //! one allocation to truncate it). `inject`: one `HeaderValue` per header written, formatted
 //! on the stack (`traceparent`: one allocation; B3 multi: two or three, the sampling headers
 //! are static), plus a removal per stale trace header that came in. The span record is built

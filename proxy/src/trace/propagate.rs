@@ -1,7 +1,6 @@
 //! Extraction of the incoming context, the start of this hop's span, and injection of the
 //! outgoing headers. See the module docs of `trace` for the model.
 
-use http::header::GetAll;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::b3::{self, Decision};
@@ -131,14 +130,25 @@ pub struct Incoming {
     present: u8,
 }
 
-/// Reads the incoming context; see the module docs of `trace` for the precedence. One
-/// header-map lookup per trace header name, whatever is present.
+/// Reads the incoming context; see the module docs of `trace` for the precedence.
+///
+/// One pass over the request's header fields, matching each name against the eight trace
+/// header names (a length switch and a short compare), instead of eight hash lookups: cheaper
+/// for the usual 5 to 30 headers, and about even beyond.
 pub fn extract(headers: &HeaderMap) -> Incoming {
-    let lines: [GetAll<'_, HeaderValue>; 8] = HEADERS.each_ref().map(|n| headers.get_all(n));
+    let mut first: [Option<&HeaderValue>; 8] = [None; 8];
     let mut present = 0u8;
-    for (i, l) in lines.iter().enumerate() {
-        if l.iter().next().is_some() {
-            present |= 1 << i;
+    let mut repeated = 0u8;
+    for (name, value) in headers {
+        let Some(i) = trace_header(name) else {
+            continue;
+        };
+        let bit = 1 << i;
+        if present & bit == 0 {
+            present |= bit;
+            first[i] = Some(value);
+        } else {
+            repeated |= bit;
         }
     }
     let mut seen = FormatSet::EMPTY;
@@ -161,18 +171,17 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
     if present == 0 {
         return incoming;
     }
-    let [
-        traceparent,
-        tracestate,
-        single_b3,
-        trace_id,
-        span_id,
-        _parent,
-        sampled,
-        flags,
-    ] = lines;
+    let value = |bit: u8| first[bit.trailing_zeros() as usize].map(HeaderValue::as_bytes);
+    // A header that must appear once: `None` if it came twice.
+    let single = |bit: u8| {
+        if repeated & bit == 0 {
+            value(bit)
+        } else {
+            None
+        }
+    };
 
-    if let Some(tp) = single(&traceparent).and_then(w3c::parse_traceparent) {
+    if let Some(tp) = single(TRACEPARENT).and_then(w3c::parse_traceparent) {
         incoming.parent = Some(Parent {
             trace_id: tp.trace_id,
             span_id: tp.parent_id,
@@ -183,20 +192,22 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
         } else {
             Sampling::Deny
         };
-        if present & TRACESTATE != 0 {
-            incoming.tracestate = w3c::check_tracestate(tracestate);
+        if repeated & TRACESTATE != 0 {
+            incoming.tracestate = w3c::check_tracestate(headers.get_all(w3c::TRACESTATE));
+        } else if let Some(line) = first[1] {
+            incoming.tracestate = w3c::check_tracestate([line]);
         }
         return incoming;
     }
 
-    let (b3, format) = match single(&single_b3).and_then(b3::parse_single) {
+    let (b3, format) = match single(B3_SINGLE).and_then(b3::parse_single) {
         Some(ctx) => (ctx, Format::B3Single),
         None => (
             b3::parse_multi_values(
-                first(&trace_id),
-                first(&span_id),
-                first(&sampled),
-                first(&flags),
+                value(B3_TRACE_ID),
+                value(B3_SPAN_ID),
+                value(B3_SAMPLED),
+                value(B3_FLAGS),
             ),
             Format::B3Multi,
         ),
@@ -215,16 +226,19 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
     incoming
 }
 
-/// The first value's bytes.
-fn first<'a>(lines: &GetAll<'a, HeaderValue>) -> Option<&'a [u8]> {
-    lines.iter().next().map(HeaderValue::as_bytes)
-}
-
-/// The value's bytes if the header appears exactly once.
-fn single<'a>(lines: &GetAll<'a, HeaderValue>) -> Option<&'a [u8]> {
-    let mut values = lines.iter();
-    let first = values.next()?;
-    values.next().is_none().then_some(first.as_bytes())
+/// The index in `HEADERS` of a trace header's name.
+pub(super) fn trace_header(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "traceparent" => 0,
+        "tracestate" => 1,
+        "b3" => 2,
+        "x-b3-traceid" => 3,
+        "x-b3-spanid" => 4,
+        "x-b3-parentspanid" => 5,
+        "x-b3-sampled" => 6,
+        "x-b3-flags" => 7,
+        _ => return None,
+    })
 }
 
 /// This hop's span context, its parent, and what is needed to write the outgoing headers.

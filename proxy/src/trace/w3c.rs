@@ -21,7 +21,6 @@
 //! way the spec says, dropping members longer than 128 bytes first, then members from the end.
 //! Several `tracestate` header lines are one list (RFC 9110 field combination).
 
-use http::header::GetAll;
 use http::{HeaderName, HeaderValue};
 
 use super::{SpanContext, SpanId, TraceId};
@@ -114,7 +113,9 @@ pub enum TraceState {
 }
 
 /// Checks the `tracestate` lines of a request (see the module docs).
-pub fn check_tracestate(lines: GetAll<'_, HeaderValue>) -> TraceState {
+pub fn check_tracestate<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>) -> TraceState {
+    // Members already checked; a duplicate key is found by comparing keys only (each member
+    // is validated once).
     let mut members: [&[u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
     let mut count = 0;
     let mut any_line = false;
@@ -131,7 +132,10 @@ pub fn check_tracestate(lines: GetAll<'_, HeaderValue>) -> TraceState {
             let Some(key) = member_key(member) else {
                 return TraceState::Drop;
             };
-            if members[..count].iter().any(|m| member_key(m) == Some(key)) {
+            if members[..count]
+                .iter()
+                .any(|m| m.split(|&b| b == b'=').next() == Some(key))
+            {
                 return TraceState::Drop;
             }
             members[count] = member;

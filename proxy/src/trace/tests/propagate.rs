@@ -404,3 +404,27 @@ fn format_sets() {
     assert!(FormatSet::EMPTY.is_empty());
     assert_eq!(Format::B3Multi.name(), "b3");
 }
+
+#[test]
+fn the_name_match_agrees_with_the_header_table() {
+    for (i, name) in ALL_TRACE_HEADERS.iter().enumerate() {
+        let name = http::HeaderName::from_static(name);
+        assert_eq!(crate::trace::propagate::trace_header(&name), Some(i));
+    }
+    assert_eq!(
+        crate::trace::propagate::trace_header(&http::header::HOST),
+        None
+    );
+    // Repeated single-valued headers are ambiguous and ignored; others in the set still count.
+    let mut h = headers(&[
+        ("b3", &format!("{B3_TRACE}-{B3_SPAN}-1")),
+        ("b3", &format!("{B3_TRACE}-{B3_SPAN}-0")),
+        ("x-b3-sampled", "0"),
+    ]);
+    let ctx = hop(&auto(Sampler::always()), &mut h);
+    assert!(
+        ctx.parent.is_none() && !ctx.sampled(),
+        "fell back to x-b3-sampled"
+    );
+    assert_eq!(h.get_all("b3").iter().count(), 1);
+}
