@@ -28,9 +28,9 @@
 //! - An id that is kept: one header-map lookup and a scan of at most 128 bytes; the
 //!   returned [`RequestId`] is a clone of the header value, which for values hyper parsed is a
 //!   reference-count increment (one atomic), no allocation.
-//! - A generated id: 16 random bytes, 36 bytes formatted on the stack, one allocation for the
-//!   `HeaderValue`, one header-map insert. Echoing it clones the value (the first clone of a
-//!   freshly made value allocates its shared header once; later clones are one atomic each).
+//! - A generated id: 16 random bytes, 36 bytes formatted on the stack, one allocation (the
+//!   value, reference-counted from the start), one header-map insert. The map, the returned
+//!   id and the echo share it: one atomic increment each.
 
 #[cfg(test)]
 mod tests;
@@ -175,9 +175,12 @@ pub fn generate_with(rng: &mut fastrand::Rng) -> HeaderValue {
 
 fn uuid_v4_value(random: u128) -> HeaderValue {
     let mut buf = [0u8; UUID_LEN];
-    let text = format_uuid_v4(random.to_le_bytes(), &mut buf);
+    format_uuid_v4(random.to_le_bytes(), &mut buf);
+    // Shared from the start: one allocation holds the bytes and the count, and the clones
+    // that follow (into the map, the id, the response) are reference-count increments.
     // Lower-case hex and hyphens: always a valid value.
-    HeaderValue::from_bytes(text).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Formats 16 random bytes as a UUID v4 (version and variant bits set) into `buf`.
