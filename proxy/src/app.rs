@@ -13,7 +13,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigError};
+use crate::accesslog::QUEUE_SIZE;
+use crate::config::{self, Config, ConfigError};
+use crate::http::observe::Sinks;
 use crate::listener::{self, Accept};
 use crate::snapshot::{self, ListenerSnapshot, Shared, Snapshot};
 use crate::workers::Workers;
@@ -37,6 +39,14 @@ pub struct Proxy {
     /// Every downstream connection, so shutdown can wait for them.
     pub connections: TaskTracker,
     version: AtomicU64,
+    /// The span exporter and access-log writers the snapshots hand records to.
+    observe: Mutex<ObserveRuntime>,
+}
+
+#[derive(Default)]
+struct ObserveRuntime {
+    export: Option<(crate::config::TracingSpec, crate::trace::export::SpanExport)>,
+    writers: Option<crate::accesslog::Writers>,
 }
 
 impl Proxy {
@@ -50,6 +60,7 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             version: AtomicU64::new(0),
+            observe: Mutex::new(ObserveRuntime::default()),
         }))
     }
 
@@ -83,12 +94,15 @@ impl Proxy {
         for w in crate::config::warnings(&config) {
             tracing::warn!(at = %w.path, "config warning: {}", w.message);
         }
+        config::validate(&config)?;
+        let sinks = self.sinks_for(&config)?;
         let snap = snapshot::compile(
             config,
             previous.as_deref(),
             &self.shared,
             version,
             self.workers.len(),
+            &sinks,
         )?;
 
         // Bind every new listener before changing anything: a busy port refuses the config.
@@ -171,6 +185,71 @@ impl Proxy {
 
     /// Stops accepting, drains connections (HTTP/2 clients get GOAWAY), and waits for them up
     /// to the config's grace period.
+    /// Starts, keeps or replaces the span exporter and the access-log writers `config` needs,
+    /// and returns their queues. Without a tokio runtime (never the case in `run`) there are
+    /// none, and tracing and logging are off.
+    fn sinks_for(&self, config: &Config) -> Result<Sinks, ConfigError> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Ok(Sinks::default());
+        };
+        let mut obs = match self.observe.lock() {
+            Ok(o) => o,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut sinks = Sinks::default();
+        let same = match (&obs.export, &config.tracing) {
+            (Some((running, _)), Some(wanted)) => running == wanted,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            if let Some((_, old)) = obs.export.take() {
+                runtime.spawn(async move {
+                    let _ = old.shutdown(Duration::from_secs(5)).await;
+                });
+            }
+            if let Some(spec) = &config.tracing {
+                match crate::trace::export::start(&spec.to_export_config(), &runtime) {
+                    Ok(export) => obs.export = Some((spec.clone(), export)),
+                    Err(e) => {
+                        return Err(ConfigError::Invalid(vec![crate::config::Problem {
+                            path: "tracing.otlp".into(),
+                            message: format!("cannot start the span exporter: {e}"),
+                        }]));
+                    }
+                }
+            }
+        }
+        sinks.spans = obs.export.as_ref().map(|(_, e)| e.sink());
+        let span_stats = obs.export.as_ref().map(|(_, e)| Arc::clone(e.stats()));
+        let writers = obs
+            .writers
+            .get_or_insert_with(|| crate::accesslog::Writers::new(runtime.clone(), QUEUE_SIZE));
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(a) = &l.access_log else { continue };
+            let output = a.output();
+            match writers.sink(&output) {
+                Ok(sink) => {
+                    sinks.logs.insert(output, sink);
+                }
+                Err(e) => {
+                    return Err(ConfigError::Invalid(vec![crate::config::Problem {
+                        path: format!("listeners[{i}].access_log.path"),
+                        message: format!("cannot open {output}: {e}"),
+                    }]));
+                }
+            }
+        }
+        self.shared.metrics.observe_stats(
+            span_stats,
+            writers
+                .iter()
+                .map(|(o, w)| (o.to_string(), Arc::clone(w.stats())))
+                .collect(),
+        );
+        Ok(sinks)
+    }
+
     pub async fn drain_and_wait(&self) {
         let grace = self
             .snapshot()
@@ -188,6 +267,20 @@ impl Proxy {
             );
         } else {
             tracing::info!("drained");
+        }
+        // Flush what the last requests recorded.
+        let (export, writers) = {
+            let mut obs = match self.observe.lock() {
+                Ok(o) => o,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            (obs.export.take(), obs.writers.take())
+        };
+        if let Some((_, e)) = export {
+            let _ = e.shutdown(Duration::from_secs(5)).await;
+        }
+        if let Some(w) = writers {
+            w.shutdown(Duration::from_secs(5)).await;
         }
     }
 }

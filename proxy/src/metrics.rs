@@ -83,6 +83,7 @@ pub struct ResultLabels {
 /// Every metric family the proxy exports.
 pub struct Metrics {
     registry: Registry,
+    observe: Arc<ObserveCollector>,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
     upstream_duration: Family<RouteLabels, Histogram>,
@@ -115,6 +116,8 @@ impl Metrics {
         let mut root = Registry::default();
         // Standard `process_*` metrics, unprefixed as every Prometheus client exports them.
         root.register_collector(Box::new(ProcessCollector));
+        let observe = Arc::new(ObserveCollector::default());
+        root.register_collector(Box::new(Arc::clone(&observe)));
         let registry = root.sub_registry_with_prefix("tern");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -228,6 +231,7 @@ impl Metrics {
         );
         Self {
             registry: root,
+            observe,
             requests,
             duration,
             upstream_duration,
@@ -362,6 +366,21 @@ impl Metrics {
             .inc();
     }
 
+    /// The span exporter's and access-log writers' counters, exported at each scrape. (A new
+    /// exporter, after a change of the `tracing` block, starts its counters at 0: Prometheus
+    /// reads that as a counter reset.)
+    pub fn observe_stats(
+        &self,
+        spans: Option<Arc<crate::trace::export::ExportStats>>,
+        logs: Vec<(String, Arc<crate::accesslog::LogStats>)>,
+    ) {
+        let mut s = match self.observe.stats.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *s = (spans, logs);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
@@ -472,6 +491,82 @@ impl GrpcCounters {
             })
         })
         .inc();
+    }
+}
+
+type ObserveStats = (
+    Option<Arc<crate::trace::export::ExportStats>>,
+    Vec<(String, Arc<crate::accesslog::LogStats>)>,
+);
+
+/// `tern_spans_*` and `tern_access_log_*`, read from the exporter's and writers' own atomics at
+/// each scrape (the lock is the scrape's, never the request path's).
+#[derive(Debug, Default)]
+struct ObserveCollector {
+    stats: std::sync::Mutex<ObserveStats>,
+}
+
+impl prometheus_client::collector::Collector for ObserveCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::counter::ConstCounter;
+        let s = match self.stats.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (spans, logs) = &*s;
+        if let Some(st) = spans {
+            let m = encoder.encode_descriptor(
+                "tern_spans_exported",
+                "Spans the collector accepted",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(st.exported()).encode(m)?;
+            let mut m = encoder.encode_descriptor(
+                "tern_spans_dropped",
+                "Spans dropped: the queue was full (collector slow or down), or an export failed",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("queue_full", st.dropped_queue_full()),
+                ("export_failed", st.export_failed()),
+            ] {
+                let labels = [("reason", reason)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        if !logs.is_empty() {
+            let mut m = encoder.encode_descriptor(
+                "tern_access_log_lines",
+                "Access-log lines written",
+                None,
+                MetricType::Counter,
+            )?;
+            for (output, st) in logs {
+                let labels = [("output", output.as_str())];
+                ConstCounter::new(st.written()).encode(m.encode_family(&labels)?)?;
+            }
+            let mut m = encoder.encode_descriptor(
+                "tern_access_log_dropped",
+                "Access-log lines dropped: the queue was full, or a write failed",
+                None,
+                MetricType::Counter,
+            )?;
+            for (output, st) in logs {
+                for (reason, n) in [
+                    ("queue_full", st.dropped()),
+                    ("write_failed", st.write_failed()),
+                ] {
+                    let labels = [("output", output.as_str()), ("reason", reason)];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

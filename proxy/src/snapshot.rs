@@ -90,6 +90,8 @@ pub struct ListenerSnapshot {
     pub tcp_backend: Option<usize>,
     /// The listener's own rate limit, checked before routing.
     pub rate_limit: Option<RateLimitRt>,
+    /// Request id, trace context, access log.
+    pub observe: crate::http::observe::Observe,
     /// Requests that matched no route (or were refused before routing).
     pub no_route: TargetMetrics,
     pub in_flight: prometheus_client::metrics::gauge::Gauge,
@@ -112,6 +114,8 @@ impl ListenerSnapshot {
 
 pub struct RouteRt {
     pub name: String,
+    /// The name for spans and log lines (shared, not copied, per request).
+    pub label: Arc<str>,
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
@@ -154,6 +158,8 @@ pub struct MirrorRt {
 /// One backend: endpoints, how to reach them, and the state that protects them.
 pub struct BackendRt {
     pub name: String,
+    /// The name for spans and log lines (shared, not copied, per request).
+    pub label: Arc<str>,
     pub settings: Backend,
     pub endpoints: Vec<EndpointRt>,
     pub limits: Limits,
@@ -234,6 +240,7 @@ impl BackendRt {
         metrics.ejected.set(outlier.ejected() as i64);
         Ok(Self {
             name: b.name.clone(),
+            label: Arc::from(b.name.as_str()),
             endpoints: addrs
                 .iter()
                 .map(|&addr| EndpointRt {
@@ -400,12 +407,14 @@ impl HeaderOps {
 
 /// Validates `config` and compiles it. `previous` lends its per-backend state.
 /// `workers`: how many worker threads will read it (regex route tables are cloned per worker).
+/// `sinks`: the span exporter's and access-log writers' queues the listeners hand records to.
 pub fn compile(
     config: Config,
     previous: Option<&Snapshot>,
     shared: &Shared,
     version: u64,
     workers: usize,
+    sinks: &crate::http::observe::Sinks,
 ) -> Result<Snapshot, ConfigError> {
     config::validate(&config)?;
     let mut problems = Vec::new();
@@ -546,6 +555,7 @@ pub fn compile(
             });
             routes.push(RouteRt {
                 name: r.name.clone(),
+                label: Arc::from(r.name.as_str()),
                 timeout: r.timeout,
                 idle_timeout: r.idle_timeout,
                 retry,
@@ -563,7 +573,19 @@ pub fn compile(
                 local: shared.metrics.target(&l.name, &r.name, ""),
             });
         }
+        let observe =
+            match crate::http::observe::Observe::compile(l, config.tracing.as_ref(), sinks) {
+                Ok(o) => o,
+                Err(message) => {
+                    problems.push(Problem {
+                        path: format!("listeners[{li}]"),
+                        message,
+                    });
+                    continue;
+                }
+            };
         listeners.push(Arc::new(ListenerSnapshot {
+            observe,
             name: l.name.clone(),
             address: l.address,
             protocol: l.protocol,

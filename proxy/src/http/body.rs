@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::breaker::Permit;
+use crate::http::observe::Pending;
 use crate::http::pool::Returner;
 use crate::http::server::StreamGuard;
 
@@ -128,7 +129,20 @@ pub enum ResponseBody {
         timers: Option<BodyTimers>,
         /// A gRPC response's status counters: the status arrives in the trailers.
         grpc: Option<std::sync::Arc<crate::metrics::GrpcCounters>>,
+        /// The span and access-log line, finished when the body ends (or is dropped).
+        pending: Option<Box<Pending>>,
     },
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or the connection did).
+        if let Self::Upstream { pending, .. } = self
+            && let Some(p) = pending.take()
+        {
+            p.finish(false, None);
+        }
+    }
 }
 
 impl ResponseBody {
@@ -153,6 +167,20 @@ impl ResponseBody {
             permit: None,
             timers: None,
             grpc: None,
+            pending: None,
+        }
+    }
+
+    /// Finishes `p` when this body ends; a body the proxy wrote itself ends now.
+    pub fn finish_with(&mut self, p: Box<Pending>) {
+        match self {
+            Self::Upstream { pending, body, .. } if !body.is_end_stream() => *pending = Some(p),
+            Self::Upstream { .. } => p.finish(true, None),
+            Self::Full(data) => {
+                let mut p = p;
+                p.add_bytes(data.as_ref().map_or(0, Bytes::len));
+                p.finish(true, None);
+            }
         }
     }
 
@@ -195,9 +223,35 @@ impl Body for ResponseBody {
                 returner,
                 timers,
                 grpc,
+                pending,
                 ..
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if pending.is_some() {
+                    match &polled {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if let (Some(p), Some(d)) = (pending.as_mut(), frame.data_ref()) {
+                                p.add_bytes(d.len());
+                            }
+                            if body.is_end_stream()
+                                && let Some(p) = pending.take()
+                            {
+                                p.finish(true, None);
+                            }
+                        }
+                        Poll::Ready(None) => {
+                            if let Some(p) = pending.take() {
+                                p.finish(true, None);
+                            }
+                        }
+                        Poll::Ready(Some(Err(_))) => {
+                            if let Some(p) = pending.take() {
+                                p.finish(false, Some(crate::error::ProxyError::UpstreamReset));
+                            }
+                        }
+                        Poll::Pending => {}
+                    }
+                }
                 if let (Some(g), Poll::Ready(Some(Ok(frame)))) = (&*grpc, &polled)
                     && let Some(code) = frame
                         .trailers_ref()
@@ -209,6 +263,9 @@ impl Body for ResponseBody {
                 if let Some(t) = timers {
                     match &polled {
                         Poll::Pending if t.expired(cx) => {
+                            if let Some(p) = pending.take() {
+                                p.finish(false, Some(crate::error::ProxyError::Timeout));
+                            }
                             return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                         }
                         Poll::Ready(Some(Ok(_))) => t.activity(),

@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use crate::breaker::{Outcome as BreakerOutcome, Permit, Resource};
 use crate::error::ProxyError;
 use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::observe::ExchangeInfo;
 use crate::metrics::TargetMetrics;
 use crate::retry::{self, Failure, GiveUp, Outcome, RetryPolicy};
 use crate::snapshot::BackendRt;
@@ -183,6 +184,7 @@ pub fn request_permit(backend: &BackendRt) -> Result<Permit, ProxyError> {
 pub async fn exchange(
     backend: &BackendRt,
     metrics: Option<&TargetMetrics>,
+    info: &mut ExchangeInfo,
     req: Request<RequestBody>,
     upgrade: bool,
     policy: Option<&RetryPolicy>,
@@ -208,7 +210,15 @@ pub async fn exchange(
             // Unreachable: without a replay the first result is returned below.
             (None, None) => return Err(ProxyError::UpstreamReset),
         };
-        let result = one_try(backend, metrics, this, upgrade && attempt == 1, per_try).await;
+        let result = one_try(
+            backend,
+            metrics,
+            info,
+            this,
+            upgrade && attempt == 1,
+            per_try,
+        )
+        .await;
         let Some(policy) = retries else {
             return result;
         };
@@ -240,9 +250,14 @@ pub async fn exchange(
             Ok(d) => d,
             Err(GiveUp::BudgetExhausted) => {
                 backend.metrics.budget_exhausted.inc();
+                info.retries_exhausted = true;
                 return result;
             }
-            Err(GiveUp::NotRetriable | GiveUp::AttemptsExhausted) => return result,
+            Err(GiveUp::AttemptsExhausted) => {
+                info.retries_exhausted = attempt > 1;
+                return result;
+            }
+            Err(GiveUp::NotRetriable) => return result,
         };
         // The retry limit of the circuit breaker: retries in flight to this backend.
         _retry_permit = None;
@@ -278,6 +293,7 @@ fn failure(e: ProxyError) -> Option<Failure> {
 async fn one_try(
     backend: &BackendRt,
     metrics: Option<&TargetMetrics>,
+    info: &mut ExchangeInfo,
     req: Request<RequestBody>,
     upgrade: bool,
     per_try: Option<std::time::Duration>,
@@ -285,6 +301,9 @@ async fn one_try(
     let now = Instant::now();
     let picked = backend.pick(now)?;
     backend.metrics.attempts.inc();
+    info.attempts += 1;
+    info.endpoint = Some(picked.endpoint.addr);
+    info.upstream_start.get_or_insert(now);
     let mut probe = ProbeGuard {
         backend,
         index: picked.probe.then_some(picked.index),
@@ -299,6 +318,7 @@ async fn one_try(
         None => send.await,
     };
     let done = Instant::now();
+    info.upstream_end = Some(done);
     let verdict = match &result {
         Ok(resp) => Some(BreakerOutcome::from_status(resp.status().as_u16())),
         Err(

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod exchange;
 pub mod headers;
+pub mod observe;
 pub mod pool;
 pub mod proxy;
 pub mod server;

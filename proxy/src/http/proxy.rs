@@ -20,6 +20,7 @@ use crate::error::ProxyError;
 use crate::http::body::{BodyTimers, RequestBody, ResponseBody};
 use crate::http::exchange::{self, Prepared, Replay};
 use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
+use crate::http::observe::ExchangeInfo;
 use crate::http::pool::{self, Checkout};
 use crate::http::server::Activity;
 use crate::metrics::TargetMetrics;
@@ -37,7 +38,7 @@ pub struct ConnCtx {
 
 /// The hyper-facing service function: infallible, records metrics for every answer.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
@@ -47,12 +48,25 @@ pub async fn handle(
     let version = req.version();
     let grpc = crate::ratelimit::is_grpc(req.headers());
     let in_flight = InFlight::new(&snap.in_flight);
-    let (mut resp, metrics) = match forward(req, &snap, &ctx, start).await {
+    // Request id and trace context first: every later step, and the upstream, sees them.
+    let started = snap.observe.start(&mut req, ctx.client, start);
+    let mut info = ExchangeInfo::default();
+    let (mut resp, metrics) = match forward(req, &snap, &ctx, start, &mut info).await {
         Ok(ok) => ok,
-        Err((e, m)) => (e.into_response(grpc), m),
+        Err((e, m)) => {
+            info.error = Some(e);
+            (e.into_response(grpc), m)
+        }
     };
     drop(in_flight);
     metrics.record(resp.status(), start.elapsed());
+    let status = resp.status();
+    if let Some(pending) = snap
+        .observe
+        .respond(started, resp.headers_mut(), status, &info)
+    {
+        resp.body_mut().finish_with(pending);
+    }
     if grpc {
         // Trailers-only (errors, and ours): the status is in the headers; else in trailers.
         match resp
@@ -125,6 +139,7 @@ async fn forward<'s>(
     snap: &'s ListenerSnapshot,
     ctx: &ConnCtx,
     start: Instant,
+    info: &mut ExchangeInfo,
 ) -> Answer<'s> {
     if req.method() == http::Method::CONNECT {
         return Err((
@@ -138,7 +153,10 @@ async fn forward<'s>(
     if let Some(limit) = &snap.rate_limit {
         match check_limit(limit, &req, ctx.client) {
             Ok(d) => admitted = Some((limit, d)),
-            Err(d) => return Ok((limited(limit, d, is_grpc(req.headers())), &snap.no_route)),
+            Err(d) => {
+                info.error = Some(ProxyError::RateLimited);
+                return Ok((limited(limit, d, is_grpc(req.headers())), &snap.no_route));
+            }
         }
     }
     let host = match authority(&req) {
@@ -163,6 +181,7 @@ async fn forward<'s>(
     let Some(route) = snap.routes.get(found.route) else {
         return Err((ProxyError::NoRoute, &snap.no_route));
     };
+    info.route = Some(Arc::clone(&route.label));
 
     if let Some(redirect) = &route.redirect {
         let resp = redirect_response(redirect, host, &path, found.prefix_len, req.uri().query());
@@ -171,7 +190,10 @@ async fn forward<'s>(
     if let Some(limit) = &route.rate_limit {
         match check_limit(limit, &req, ctx.client) {
             Ok(d) => admitted = Some((limit, d)),
-            Err(d) => return Ok((limited(limit, d, is_grpc(req.headers())), &route.local)),
+            Err(d) => {
+                info.error = Some(ProxyError::RateLimited);
+                return Ok((limited(limit, d, is_grpc(req.headers())), &route.local));
+            }
         }
     }
     if let Some(fault) = &route.fault {
@@ -185,6 +207,7 @@ async fn forward<'s>(
             && roll(ppm)
         {
             fault.delays.inc();
+            info.fault_delayed = true;
             tokio::time::sleep(delay).await;
         }
     }
@@ -196,6 +219,7 @@ async fn forward<'s>(
     let Some(backend) = snap.backends.get(target.backend) else {
         return Err((ProxyError::NoEndpoints, m));
     };
+    info.backend = Some(Arc::clone(&backend.label));
     let permit = match exchange::request_permit(backend) {
         Ok(p) => p,
         Err(e) => return Err((e, m)),
@@ -267,6 +291,7 @@ async fn forward<'s>(
     let exchange = std::pin::pin!(exchange::exchange(
         backend,
         Some(m),
+        &mut *info,
         req,
         upgrade,
         route.retry.as_ref(),
@@ -343,7 +368,9 @@ fn spawn_mirror(backend: Arc<BackendRt>, req: Request<RequestBody>, timeout: Opt
             return;
         };
         let run = async {
-            let resp = exchange::exchange(&backend, None, req, false, None, None).await?;
+            let mut info = ExchangeInfo::default();
+            let resp =
+                exchange::exchange(&backend, None, &mut info, req, false, None, None).await?;
             // Read to the end so an HTTP/1 connection goes back to the pool.
             let _ = resp.into_body().collect().await;
             Ok::<(), ProxyError>(())

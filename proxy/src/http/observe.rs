@@ -1,0 +1,287 @@
+//! The first layer of the request path: request id, trace context, and the records (span,
+//! access-log line) that are finished when the response ends. IO-free cores live in `reqid`,
+//! `trace` and `accesslog`; this module only applies them per request.
+//!
+//! Cost when tracing and logging are off: the request id (a header lookup; a UUID formatted on
+//! the stack and one shared allocation when the client sent none). Tracing on: one pass over
+//! the header fields and one header value per trace header written; a sampled request also
+//! boxes its records (one allocation) and hands them to bounded queues at the end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, Request, StatusCode};
+
+use crate::accesslog::{AccessLog, AccessRecord, LogSink, ResponseFlags};
+use crate::error::ProxyError;
+use crate::reqid::{RequestId, RequestIds};
+use crate::trace::export::SpanSink;
+use crate::trace::{Host, Propagation, SpanKind, SpanRecord, TraceContext};
+
+/// The running exporters' and log writers' queues a config compiles against (owned by
+/// `app::Proxy`, restarted when their settings change).
+#[derive(Default, Clone)]
+pub struct Sinks {
+    pub spans: Option<SpanSink>,
+    pub logs: std::collections::HashMap<crate::accesslog::Output, LogSink>,
+}
+
+impl Observe {
+    /// Compiles a listener's observability settings against the running sinks.
+    pub fn compile(
+        l: &crate::config::Listener,
+        tracing: Option<&crate::config::TracingSpec>,
+        sinks: &Sinks,
+    ) -> Result<Self, String> {
+        let request_ids = l.request_id.to_policy()?;
+        let tracing = match (tracing, &sinks.spans) {
+            (Some(t), Some(sink)) => Some(Tracing {
+                propagation: l.tracing.to_propagation(t),
+                kind: l.tracing.span_kind(),
+                sink: sink.clone(),
+            }),
+            _ => None,
+        };
+        let access_log = match &l.access_log {
+            Some(a) => match sinks.logs.get(&a.output()) {
+                Some(sink) => Some(AccessLog::new(
+                    a.to_format(&l.name)?,
+                    a.sampling_ratio,
+                    sink.clone(),
+                )),
+                None => None,
+            },
+            None => None,
+        };
+        Ok(Self {
+            listener: Arc::from(l.name.as_str()),
+            request_ids,
+            tracing,
+            access_log,
+        })
+    }
+}
+
+/// One listener's observability, compiled into its snapshot.
+pub struct Observe {
+    pub listener: Arc<str>,
+    pub request_ids: RequestIds,
+    pub tracing: Option<Tracing>,
+    pub access_log: Option<AccessLog>,
+}
+
+pub struct Tracing {
+    pub propagation: Propagation,
+    pub kind: SpanKind,
+    pub sink: SpanSink,
+}
+
+/// What the request path learned about one exchange, for the span and the log line.
+#[derive(Debug, Default)]
+pub struct ExchangeInfo {
+    pub route: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+    pub endpoint: Option<SocketAddr>,
+    pub attempts: u32,
+    /// When the first try was sent, and when the last try's headers came.
+    pub upstream_start: Option<Instant>,
+    pub upstream_end: Option<Instant>,
+    pub error: Option<ProxyError>,
+    /// Retries were allowed but ran out (attempts or budget) on a failed try.
+    pub retries_exhausted: bool,
+    pub fault_delayed: bool,
+}
+
+impl ExchangeInfo {
+    pub fn upstream(&self) -> Option<Duration> {
+        Some(
+            self.upstream_end?
+                .saturating_duration_since(self.upstream_start?),
+        )
+    }
+}
+
+/// A request's id and trace, decided before routing.
+pub struct Started {
+    pub request_id: RequestId,
+    pub trace: Option<TraceContext>,
+    pending: Option<Box<Pending>>,
+}
+
+/// The records finished at the end of the response.
+pub struct Pending {
+    start: Instant,
+    span: Option<(SpanRecord, SpanSink)>,
+    log: Option<(AccessRecord, LogSink)>,
+    bytes_out: u64,
+}
+
+impl Observe {
+    /// Applies the request id and the trace context to `req`'s headers (which go upstream), and
+    /// starts the records if this request is traced (sampled) or logged.
+    pub fn start<B>(&self, req: &mut Request<B>, client: SocketAddr, start: Instant) -> Started {
+        let request_id = self.request_ids.ensure(req.headers_mut());
+        let trace = self
+            .tracing
+            .as_ref()
+            .map(|t| t.propagation.start_and_inject(req.headers_mut()));
+        let span_on = trace.as_ref().is_some_and(TraceContext::sampled);
+        let log = self.access_log.as_ref().filter(|l| l.sample());
+        if !span_on && log.is_none() {
+            return Started {
+                request_id,
+                trace,
+                pending: None,
+            };
+        }
+        let wall = SystemTime::now();
+        let host = Host::of(req.uri(), req.headers());
+        let path = req.uri().path_and_query().cloned();
+        let span = match (&trace, &self.tracing) {
+            (Some(ctx), Some(t)) if span_on => {
+                let mut s = SpanRecord::new(
+                    ctx.trace_id(),
+                    ctx.span_id(),
+                    ctx.parent_span_id(),
+                    t.kind,
+                    Arc::clone(&self.listener),
+                    wall,
+                );
+                s.method = req.method().clone();
+                s.path = path.clone();
+                s.host = host.clone();
+                s.version = req.version();
+                Some((s, t.sink.clone()))
+            }
+            _ => None,
+        };
+        let log = log.map(|l| {
+            let mut r = l.record(wall);
+            r.request_headers = l.capture_request(req.headers());
+            r.request_id = Some(request_id.clone());
+            r.trace_id = trace.as_ref().map(TraceContext::trace_id);
+            r.span_id = trace.as_ref().map(TraceContext::span_id);
+            r.client = Some(client);
+            r.method = req.method().clone();
+            r.authority = host;
+            r.path = path;
+            r.version = req.version();
+            r.bytes_in = content_length(req.headers()).unwrap_or(0);
+            (r, l.sink().clone())
+        });
+        Started {
+            request_id,
+            trace,
+            pending: Some(Box::new(Pending {
+                start,
+                span,
+                log,
+                bytes_out: 0,
+            })),
+        }
+    }
+
+    /// On the response: echo the request id, capture the logged response headers, and fill
+    /// the records with what the exchange learned. The records come back to be finished when
+    /// the body ends.
+    pub fn respond(
+        &self,
+        started: Started,
+        headers: &mut HeaderMap,
+        status: StatusCode,
+        info: &ExchangeInfo,
+    ) -> Option<Box<Pending>> {
+        if self.request_ids.echo() {
+            self.request_ids.echo_into(&started.request_id, headers);
+        }
+        let mut pending = started.pending?;
+        if let Some((s, _)) = &mut pending.span {
+            s.status = Some(status);
+            s.route = info.route.clone();
+            s.backend = info.backend.clone();
+            s.endpoint = info.endpoint;
+            s.retries = info.attempts.saturating_sub(1);
+            s.error = info.error;
+        }
+        if let Some((r, _)) = &mut pending.log {
+            if let Some(l) = &self.access_log {
+                r.response_headers = l.capture_response(headers);
+            }
+            r.status = Some(status);
+            r.route = info.route.clone();
+            r.backend = info.backend.clone();
+            r.endpoint = info.endpoint;
+            r.attempts = info.attempts;
+            r.upstream = info.upstream();
+            if let Some(e) = info.error {
+                r.flags.insert(ResponseFlags::from_error(e));
+            }
+            if info.retries_exhausted {
+                r.flags.insert(ResponseFlags::RETRIES_EXHAUSTED);
+            }
+            if info.fault_delayed {
+                r.flags.insert(ResponseFlags::DELAY_INJECTED);
+            }
+        }
+        Some(pending)
+    }
+}
+
+impl Pending {
+    pub fn add_bytes(&mut self, n: usize) {
+        self.bytes_out += n as u64;
+    }
+
+    /// The response is over: `complete` when its body was sent whole, else the client went
+    /// away (DC) or the stream failed (`error`).
+    pub fn finish(self: Box<Self>, complete: bool, error: Option<ProxyError>) {
+        let Pending {
+            start,
+            span,
+            log,
+            bytes_out,
+        } = *self;
+        let elapsed = start.elapsed();
+        if let Some((mut s, sink)) = span {
+            s.end = s.start + elapsed;
+            if let Some(e) = error {
+                s.error = Some(e);
+            }
+            if !complete && s.error.is_none() {
+                s.status = None;
+            }
+            sink.submit(s);
+        }
+        if let Some((mut r, sink)) = log {
+            r.duration = elapsed;
+            r.bytes_out = bytes_out;
+            if let Some(e) = error {
+                r.flags.insert(ResponseFlags::from_error(e));
+            }
+            if !complete && error.is_none() {
+                r.flags.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
+            }
+            sink.submit(r);
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("span", &self.span.is_some())
+            .field("log", &self.log.is_some())
+            .field("bytes_out", &self.bytes_out)
+            .finish()
+    }
+}
