@@ -15,6 +15,10 @@
 //! - [`client`]: HTTP/1.1 and h2c clients, collected responses, raw HTTP/1 bytes, bare `h2`.
 //! - [`body`]: bodies both sides use: whole, generated and verifiable, hand-fed.
 //! - [`metrics`]: a Prometheus / OpenMetrics text parser.
+//! - [`otlp`]: test collectors for span export: an OTLP receiver (gRPC or HTTP/protobuf) that
+//!   keeps the spans it gets and waits for them, a black hole that never answers, a down one.
+//! - [`accesslog`]: an access-log file in a temp dir, read back as JSON lines.
+//! - [`trace`]: `traceparent` parsing and id shape checks (UUID v4, hex ids).
 //! - [`ports`], [`wait`]: free loopback ports; waiting on conditions with deadlines.
 //!
 //! # Running
@@ -85,15 +89,19 @@
 //! - Backends and clients run on the test's tokio runtime (`#[tokio::test]`); the proxy is a
 //!   separate process, killed when the [`Proxy`] is dropped.
 
+pub mod accesslog;
 pub mod backend;
 pub mod body;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod otlp;
 pub mod ports;
 pub mod proxy;
+pub mod trace;
 pub mod wait;
 
+pub use accesslog::AccessLogFile;
 pub use backend::{BACKEND_HEADER, BackendBuilder, ServerProtocol, TestBackend};
 pub use body::Body;
 pub use client::{
@@ -101,6 +109,8 @@ pub use client::{
     raw_http1_until_close, raw_status,
 };
 pub use config::ANY_PORT;
+pub use otlp::{BlackHole, OtlpProtocol, OtlpReceiver, ReceivedSpan, down_endpoint};
 pub use ports::{free_addr, free_port};
 pub use proxy::{Proxy, ProxyBuilder, validate};
+pub use trace::TraceParent;
 pub use wait::{wait_for, wait_for_value};
