@@ -4,12 +4,13 @@
 //! backend that reports what it received.
 //!
 //! Covers: one trace across two proxies (CLIENT then SERVER span, parent chain down to the
-//! backend's `traceparent`, span attributes); propagation (B3 multi and single in → B3 on,
-//! 64-bit B3 ids; W3C in → W3C on, `tracestate` kept; nothing in → a new trace; unsampled
-//! stays unsampled, W3C and B3); a down and a black-holing collector (no failed request, no
-//! request waits, drops counted); the access log line (request id, the trace id the receiver
-//! saw, business headers plain / hashed / dropped, response flags NR, UF, UT, RL, UO); request
-//! ids (kept, generated, replaced when malformed, echoed, passed upstream, per-listener header).
+//! backend's `traceparent`, span attributes, export counters); error spans; propagation (B3
+//! multi and single in → B3 on, 64-bit B3 ids; W3C in → W3C on, `tracestate` kept; nothing in
+//! → a new trace; unsampled stays unsampled, W3C and B3); a down and a black-holing collector
+//! (no failed request, no request waits, drops counted); the access log line (request id, the
+//! trace id the receiver saw, business headers plain / hashed / dropped, field order, response
+//! flags NR, UF, UT, RL, UO, lines counted); request ids (kept, generated, replaced when
+//! malformed, echoed, passed upstream, per-listener header).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -290,6 +291,22 @@ async fn a_request_through_two_proxies_is_one_trace_with_a_client_and_a_server_s
         );
     }
     assert_eq!(receiver.spans().len(), 4, "no other spans were exported");
+    for (name, proxy) in [("client", &client), ("server", &server)] {
+        wait_for(
+            &format!("tern_spans_exported_total == 2 on the {name} sidecar"),
+            DEADLINE,
+            async || proxy.metric("tern_spans_exported_total", &[]).await == Some(2.0),
+        )
+        .await;
+        assert_eq!(
+            proxy
+                .metric("tern_spans_dropped_total", &[])
+                .await
+                .unwrap_or(0.0),
+            0.0,
+            "{name} sidecar dropped spans"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,6 +579,86 @@ async fn an_unsampled_trace_stays_unsampled() {
     );
 }
 
+/// The span of an answer the proxy made itself carries its error code (`tern.error`,
+/// `error.type`) and an error status: a connect failure (502, with the endpoint it tried) and
+/// no route (404, span named by the method alone, no `tern.route`). A 5xx from the backend
+/// makes the SERVER span an error with `error.type` the status code, and no `tern.error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_failed_requests_carry_the_error() {
+    let receiver = OtlpReceiver::grpc().await;
+    let failing = TestBackend::builder("failing").status(503).start().await;
+    let closed = free_addr();
+    let config = format!(
+        "{}listeners:\n  - name: inbound\n    address: {ANY_PORT}\n    \
+         tracing: {{span_kind: server}}\n    routes:\n      \
+         - {{name: uf, matches: [{{path: {{type: PathPrefix, value: /uf}}}}], \
+         backends: [{{name: closed}}]}}\n      \
+         - {{name: fail, matches: [{{path: {{type: PathPrefix, value: /fail}}}}], \
+         backends: [{{name: failing}}]}}\nbackends:\n  \
+         - {{name: closed, endpoints: [\"{closed}\"]}}\n  - {}\n",
+        tracing_yaml(&receiver.yaml(), "sidecar"),
+        failing.yaml(),
+    );
+    let proxy = Proxy::start(config).await;
+    let http = http1_client();
+    let send = async |path: &str, trace: &str| {
+        let traceparent = format!("00-{trace}-{CALLER_SPAN}-01");
+        let response = http
+            .send(
+                "GET",
+                &proxy.url("inbound", path),
+                &[("traceparent", &traceparent)],
+                "",
+            )
+            .await;
+        let span = receiver.wait_for_trace(trace, 1, DEADLINE).await.remove(0);
+        (response.status.as_u16(), span)
+    };
+
+    let (status, span) = send("/uf", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1").await;
+    let ctx = format!("{:#?}", span.span);
+    assert_eq!(status, 502);
+    assert_eq!(span.name(), "GET uf", "{ctx}");
+    assert_eq!(span.str_attr("tern.error"), Some("connect-failed"), "{ctx}");
+    assert_eq!(span.str_attr("error.type"), Some("connect-failed"), "{ctx}");
+    assert_eq!(
+        span.int_attr("http.response.status_code"),
+        Some(502),
+        "{ctx}"
+    );
+    assert_eq!(span.str_attr("tern.route"), Some("uf"), "{ctx}");
+    assert_eq!(span.str_attr("tern.backend"), Some("closed"), "{ctx}");
+    let closed = closed.to_string();
+    assert_eq!(
+        span.str_attr("tern.endpoint"),
+        Some(closed.as_str()),
+        "{ctx}"
+    );
+    assert_eq!(span.status_code(), SpanStatus::Error, "{ctx}");
+
+    let (status, span) = send("/nowhere", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa2").await;
+    let ctx = format!("{:#?}", span.span);
+    assert_eq!(status, 404);
+    assert_eq!(span.name(), "GET", "no route: the method alone; {ctx}");
+    assert_eq!(span.str_attr("tern.error"), Some("no-route"), "{ctx}");
+    assert_eq!(span.attr("tern.route"), None, "{ctx}");
+    assert_eq!(span.attr("tern.backend"), None, "{ctx}");
+    assert_eq!(
+        span.int_attr("http.response.status_code"),
+        Some(404),
+        "{ctx}"
+    );
+    assert_eq!(span.status_code(), SpanStatus::Error, "{ctx}");
+
+    let (status, span) = send("/fail", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa3").await;
+    let ctx = format!("{:#?}", span.span);
+    assert_eq!(status, 503);
+    assert_eq!(span.attr("tern.error"), None, "the backend answered; {ctx}");
+    assert_eq!(span.str_attr("error.type"), Some("503"), "{ctx}");
+    assert_eq!(span.str_attr("tern.backend"), Some("failing"), "{ctx}");
+    assert_eq!(span.status_code(), SpanStatus::Error, "{ctx}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A collector that is down or never answers
 // ---------------------------------------------------------------------------------------------
@@ -710,6 +807,45 @@ fn keyed_digest(key: &str, value: &str) -> String {
     format!("hmac-sha256:{hex}")
 }
 
+/// The access log's fields, in the order docs/observability.md gives them.
+const FIELD_ORDER: [&str; 22] = [
+    "start_time",
+    "duration_ms",
+    "upstream_ms",
+    "listener",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "client",
+    "method",
+    "authority",
+    "path",
+    "protocol",
+    "status",
+    "flags",
+    "bytes_in",
+    "bytes_out",
+    "route",
+    "backend",
+    "endpoint",
+    "attempts",
+    "request_headers",
+    "response_headers",
+];
+
+/// Asserts a raw line has every documented field, once, in the documented order (a parsed
+/// `Value` cannot tell: its keys are sorted).
+fn assert_fields_in_order(raw: &str) {
+    let mut last = 0;
+    for field in FIELD_ORDER {
+        let key = format!("\"{field}\":");
+        let found: Vec<usize> = raw.match_indices(&key).map(|(at, _)| at).collect();
+        assert_eq!(found.len(), 1, "field {field} in: {raw}");
+        assert!(found[0] >= last, "field {field} out of order in: {raw}");
+        last = found[0];
+    }
+}
+
 /// One request's access-log line: the request id echoed to the client, the trace and span
 /// ids the receiver got, where it went, and the business headers (plain, hashed with the key,
 /// dropped, absent) of the request and the response; no secret value appears anywhere in
@@ -820,6 +956,11 @@ async fn the_access_log_line_carries_the_request_id_the_trace_id_and_business_he
     assert_eq!(response_headers["set-cookie"], "redacted", "{ctx}");
 
     let text = log.text();
+    let raw = text
+        .lines()
+        .find(|l| l.contains(&id))
+        .expect("the raw line of the request");
+    assert_fields_in_order(raw);
     for secret in ["acct-9876", "t0p-s3cret", "s3ss10n", "4111111111111111"] {
         assert!(
             !text.contains(secret),
@@ -909,6 +1050,11 @@ async fn the_access_log_flags_each_failure() {
         );
         assert_eq!(line["status"], status, "{path}: {line:#}");
         assert_eq!(line["path"], path, "{path}: {line:#}");
+        assert_eq!(
+            (&line["trace_id"], &line["span_id"]),
+            (&Value::Null, &Value::Null),
+            "tracing is off: {line:#}"
+        );
         if let Some(attempts) = attempts {
             assert_eq!(line["attempts"], attempts, "{path}: {line:#}");
         }
