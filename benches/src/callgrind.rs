@@ -71,6 +71,8 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
     let mut cases = vec![
         TargetName::Tern,
         TargetName::TernResilient,
+        TargetName::TernTraced,
+        TargetName::TernTraced1,
         TargetName::TernMesh,
     ];
     if settings.peers {
@@ -221,7 +223,11 @@ fn start_hops(
     let timeout = Duration::from_secs(120);
     let mut hops: Vec<Hop> = Vec::new();
     match case {
-        TargetName::Tern | TargetName::TernMesh | TargetName::TernResilient => {
+        TargetName::Tern
+        | TargetName::TernMesh
+        | TargetName::TernResilient
+        | TargetName::TernTraced
+        | TargetName::TernTraced1 => {
             let names: &[&str] = if case == TargetName::TernMesh {
                 &["tern-server-sidecar", "tern-client-sidecar"]
             } else {
@@ -238,7 +244,20 @@ fn start_hops(
                     next,
                     "http1",
                     settings.workers,
-                    case == TargetName::TernResilient,
+                    &match case {
+                        TargetName::TernResilient => crate::targets::TernLayers::Resilient,
+                        TargetName::TernTraced | TargetName::TernTraced1 => {
+                            crate::targets::TernLayers::Traced {
+                                ratio: if case == TargetName::TernTraced {
+                                    1.0
+                                } else {
+                                    0.01
+                                },
+                                log: crate::targets::tern_log_path(dir, name)?,
+                            }
+                        }
+                        _ => crate::targets::TernLayers::Plain,
+                    },
                 );
                 std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
                 let out = dir.join(format!("callgrind.{name}.out"));

@@ -39,18 +39,25 @@ pub enum TargetName {
     /// and whose backend has outlier detection: what the resilience layers cost when they
     /// do not fire.
     TernResilient,
+    /// One Tern proxy with tracing at 100 % sampling and an access log: what observability
+    /// costs when everything is recorded.
+    TernTraced,
+    /// The same at 1 % sampling (the access log still on).
+    TernTraced1,
     Envoy,
     Nginx,
     Haproxy,
 }
 
 impl TargetName {
-    pub const ALL: [TargetName; 8] = [
+    pub const ALL: [TargetName; 10] = [
         TargetName::Direct,
         TargetName::Tern,
         TargetName::TernAuto,
         TargetName::TernMesh,
         TargetName::TernResilient,
+        TargetName::TernTraced,
+        TargetName::TernTraced1,
         TargetName::Envoy,
         TargetName::Nginx,
         TargetName::Haproxy,
@@ -63,6 +70,8 @@ impl TargetName {
             TargetName::TernAuto => "tern-auto",
             TargetName::TernMesh => "tern-mesh",
             TargetName::TernResilient => "tern-resilient",
+            TargetName::TernTraced => "tern-traced",
+            TargetName::TernTraced1 => "tern-traced-1pct",
             TargetName::Envoy => "envoy",
             TargetName::Nginx => "nginx",
             TargetName::Haproxy => "haproxy",
@@ -187,6 +196,14 @@ pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
             programs.tern.clone(),
             tern::Shape::Resilient,
         )),
+        TargetName::TernTraced => Box::new(tern::Tern::new(
+            programs.tern.clone(),
+            tern::Shape::Traced(1.0),
+        )),
+        TargetName::TernTraced1 => Box::new(tern::Tern::new(
+            programs.tern.clone(),
+            tern::Shape::Traced(0.01),
+        )),
         TargetName::Envoy => Box::new(envoy::Envoy {
             bin: programs.envoy.clone(),
         }),
@@ -238,4 +255,4 @@ fn installed(bin: &Option<PathBuf>, what: &str, install: &str) -> Result<PathBuf
 
 pub use haproxy::config as haproxy_config;
 pub use nginx::{args as nginx_args, config as nginx_config};
-pub use tern::config as tern_config;
+pub use tern::{Layers as TernLayers, config as tern_config, log_path as tern_log_path};

@@ -22,6 +22,8 @@ pub enum Shape {
     /// One proxy, the route with retries, a timeout and a rate limit that never limits, the
     /// backend with outlier detection.
     Resilient,
+    /// One proxy with tracing at this sampling ratio and an access log.
+    Traced(f64),
 }
 
 pub struct Tern {
@@ -46,8 +48,29 @@ const RESILIENT_BACKEND: &str = "
     outlier_detection: { consecutive_failures: 5 }
     circuit_breaker: { max_requests: 100000 }";
 
-/// One hop's config: everything on `listen` goes to `upstream`; `resilient` configures the
-/// retry, timeout, rate-limit, breaker and outlier layers (none of which fire).
+/// Where a traced hop's access log goes: not next to its config, whose directory the proxy
+/// watches (every appended line would wake the watcher).
+pub fn log_path(dir: &Path, name: &str) -> Result<PathBuf> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    Ok(logs.join(format!("{name}-access.log")))
+}
+
+/// Which optional layers a hop has configured.
+#[derive(Debug, Clone)]
+pub enum Layers {
+    Plain,
+    /// Retry, timeout, rate-limit, breaker and outlier layers, none of which fire.
+    Resilient,
+    /// Tracing at `ratio` (spans exported to a collector that is down: built, queued, then
+    /// dropped and counted) and an access-log line per request into `log`.
+    Traced {
+        ratio: f64,
+        log: std::path::PathBuf,
+    },
+}
+
+/// One hop's config: everything on `listen` goes to `upstream`, with `layers` configured.
 pub fn config(
     admin: SocketAddr,
     listen: SocketAddr,
@@ -55,12 +78,23 @@ pub fn config(
     upstream: SocketAddr,
     upstream_protocol: &str,
     workers: usize,
-    resilient: bool,
+    layers: &Layers,
 ) -> String {
-    let (route, backend) = if resilient {
-        (RESILIENT_ROUTE, RESILIENT_BACKEND)
-    } else {
-        ("", "")
+    let (route, backend) = match layers {
+        Layers::Resilient => (RESILIENT_ROUTE, RESILIENT_BACKEND),
+        _ => ("", ""),
+    };
+    let (top, listener) = match layers {
+        Layers::Traced { ratio, log } => (
+            format!(
+                "tracing: {{ otlp: {{ endpoint: \"http://127.0.0.1:9\" }}, sampling_ratio: {ratio} }}\n"
+            ),
+            format!(
+                "\n    access_log: {{ path: {:?}, request_headers: [{{ name: x-user-id }}] }}",
+                log.display().to_string()
+            ),
+        ),
+        _ => (String::new(), String::new()),
     };
     format!(
         "# Written by tern-benches: a plain reverse proxy to one backend.
@@ -68,10 +102,10 @@ admin:
   address: {admin}
 workers: {workers}
 shutdown_grace: 2s
-listeners:
+{top}listeners:
   - name: bench
     address: {listen}
-    protocol: {listener_protocol}
+    protocol: {listener_protocol}{listener}
     routes:
       - name: all
         backends: [{{ name: upstream }}]{route}
@@ -143,6 +177,8 @@ impl Target for Tern {
             Shape::Auto => TargetName::TernAuto,
             Shape::Mesh => TargetName::TernMesh,
             Shape::Resilient => TargetName::TernResilient,
+            Shape::Traced(r) if r >= 1.0 => TargetName::TernTraced,
+            Shape::Traced(_) => TargetName::TernTraced1,
         }
     }
 
@@ -166,6 +202,10 @@ impl Target for Tern {
             Shape::Resilient => format!(
                 "listener `{listener}`, upstream `{upstream}`; route with timeout, retries and a rate limit that never limits, backend with outlier detection"
             ),
+            Shape::Traced(r) => format!(
+                "listener `{listener}`, upstream `{upstream}`; tracing at {:.0} % sampling (collector down: spans built, queued, dropped and counted) and an access-log line per request to a file",
+                r * 100.0
+            ),
             _ => format!("listener `{listener}`, upstream `{upstream}`"),
         })
     }
@@ -181,7 +221,14 @@ impl Target for Tern {
         };
         for name in hops {
             let (admin, listen) = (free_addr()?, free_addr()?);
-            let resilient = matches!(self.shape, Shape::Resilient);
+            let layers = match self.shape {
+                Shape::Resilient => Layers::Resilient,
+                Shape::Traced(ratio) => Layers::Traced {
+                    ratio,
+                    log: log_path(setup.dir, name)?,
+                },
+                _ => Layers::Plain,
+            };
             let text = config(
                 admin,
                 listen,
@@ -189,7 +236,7 @@ impl Target for Tern {
                 next,
                 upstream,
                 setup.workers,
-                resilient,
+                &layers,
             );
             let p = start_one(
                 &self.bin,
