@@ -31,14 +31,15 @@ pub fn write_json(record: &AccessRecord, out: &mut Vec<u8>) {
         out,
         record.request_id.as_ref().map(|id| id.as_str().as_bytes()),
     );
+    // Hex digits need no escaping.
     key(out, "trace_id");
     match &record.trace_id {
-        Some(t) => string(out, &t.to_hex()),
+        Some(t) => quoted(out, &t.to_hex()),
         None => out.extend_from_slice(b"null"),
     }
     key(out, "span_id");
     match &record.span_id {
-        Some(s) => string(out, &s.to_hex()),
+        Some(s) => quoted(out, &s.to_hex()),
         None => out.extend_from_slice(b"null"),
     }
     key(out, "client");
@@ -199,6 +200,13 @@ fn headers(out: &mut Vec<u8>, specs: &[LoggedHeader], values: &Captured, hasher:
     out.push(b'}');
 }
 
+/// A string known to need no escaping (hex digits).
+fn quoted(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
+}
+
 fn opt_string(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {
         Some(s) => string(out, s),
@@ -208,13 +216,29 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&[u8]>) {
 
 /// A JSON string of `bytes`: printable ASCII as is, `"` and `\` escaped, everything else
 /// (control characters, DEL, bytes above 0x7e) as `\u00XX`.
+/// Bytes a JSON string may hold as they are: printable ASCII but `"` and `\\`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
 fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
+    // The common case: nothing to escape, one copy.
+    if bytes.iter().all(|&b| PLAIN[usize::from(b)]) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let plain = (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
-        if plain {
+        if PLAIN[usize::from(b)] {
             continue;
         }
         out.extend_from_slice(&bytes[start..i]);
