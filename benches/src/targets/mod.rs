@@ -43,6 +43,8 @@ pub enum TargetName {
     /// costs when everything is recorded.
     TernTraced,
     /// The same at 1 % sampling (the access log still on).
+    #[value(name = "tern-traced-1pct")]
+    #[serde(rename = "tern-traced-1pct")]
     TernTraced1,
     Envoy,
     Nginx,
