@@ -240,6 +240,11 @@ impl Proxy {
                 }
             }
         }
+        // Writers of outputs no config names any more finish their queue and close.
+        let in_use: Vec<crate::accesslog::Output> = sinks.logs.keys().cloned().collect();
+        for w in writers.take_unused(&in_use) {
+            runtime.spawn(w.shutdown(Duration::from_secs(5)));
+        }
         self.shared.metrics.observe_stats(
             span_stats,
             writers

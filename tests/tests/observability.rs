@@ -1176,3 +1176,44 @@ async fn request_ids_are_kept_or_made_echoed_and_passed_upstream() {
     );
     assert_eq!(response.header("x-correlation-id"), None, "echo: false");
 }
+
+/// A reload that drops a listener's access log closes the file (its writer finishes its queue
+/// first): the log can be moved away or deleted without the proxy holding it open.
+#[tokio::test]
+async fn a_reload_without_the_access_log_closes_its_file() {
+    let b = TestBackend::echo("b").await;
+    let log = AccessLogFile::new();
+    let config = |access_log: &str| {
+        format!(
+            "listeners:\n  - name: web\n    address: {ANY_PORT}\n{access_log}    routes: [{{name: all, backends: [{{name: b}}]}}]\nbackends:\n  - {}\n",
+            b.yaml()
+        )
+    };
+    let with_log = format!(
+        "    access_log: {{path: {:?}}}\n",
+        log.path().display().to_string()
+    );
+    let proxy = Proxy::start(config(&with_log)).await;
+    assert_eq!(http1_client().get(&proxy.url("web", "/")).await.status, 200);
+    log.wait_for_lines(1, Duration::from_secs(10)).await;
+    let holds_log = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                    .any(|target| target == log.path())
+            })
+            .unwrap_or(false)
+    };
+    assert!(holds_log(proxy.pid()), "the proxy should have the log open");
+
+    proxy.write_config(&config(""));
+    wait_for(
+        "the log file closed after the reload",
+        Duration::from_secs(10),
+        async || !holds_log(proxy.pid()),
+    )
+    .await;
+    // The proxy still serves, and writes nothing more there.
+    assert_eq!(http1_client().get(&proxy.url("web", "/")).await.status, 200);
+    assert_eq!(log.lines().len(), 1);
+}

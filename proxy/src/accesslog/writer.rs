@@ -244,17 +244,21 @@ impl Writers {
 
     /// Stops (after writing what is queued) the writers of outputs not in `in_use`.
     pub async fn retain(&mut self, in_use: &[Output], timeout: Duration) {
+        for w in self.take_unused(in_use) {
+            w.shutdown(timeout).await;
+        }
+    }
+
+    /// Removes the writers of outputs not in `in_use` and hands them over, for a caller that
+    /// cannot wait here (it holds a lock) to shut them down elsewhere.
+    pub fn take_unused(&mut self, in_use: &[Output]) -> Vec<LogWriter> {
         let gone: Vec<Output> = self
             .writers
             .keys()
             .filter(|o| !in_use.contains(o))
             .cloned()
             .collect();
-        for output in gone {
-            if let Some(w) = self.writers.remove(&output) {
-                w.shutdown(timeout).await;
-            }
-        }
+        gone.iter().filter_map(|o| self.writers.remove(o)).collect()
     }
 
     /// The writers, for their stats.
