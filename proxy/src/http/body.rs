@@ -227,60 +227,52 @@ impl Body for ResponseBody {
                 ..
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                if pending.is_some() {
-                    match &polled {
-                        Poll::Ready(Some(Ok(frame))) => {
-                            if let (Some(p), Some(d)) = (pending.as_mut(), frame.data_ref()) {
-                                p.add_bytes(d.len());
-                            }
-                            if body.is_end_stream()
-                                && let Some(p) = pending.take()
-                            {
-                                p.finish(true, None);
-                            }
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(p), Some(d)) = (pending.as_mut(), frame.data_ref()) {
+                            p.add_bytes(d.len());
                         }
-                        Poll::Ready(None) => {
-                            if let Some(p) = pending.take() {
-                                p.finish(true, None);
-                            }
+                        if let (Some(g), Some(code)) = (
+                            grpc.as_ref(),
+                            frame
+                                .trailers_ref()
+                                .and_then(|t| t.get("grpc-status"))
+                                .and_then(crate::retry::GrpcCode::from_header),
+                        ) {
+                            g.inc(code.code());
                         }
-                        Poll::Ready(Some(Err(_))) => {
-                            if let Some(p) = pending.take() {
-                                p.finish(false, Some(crate::error::ProxyError::UpstreamReset));
-                            }
+                        if let Some(t) = timers {
+                            t.activity();
                         }
-                        Poll::Pending => {}
                     }
-                }
-                if let (Some(g), Poll::Ready(Some(Ok(frame)))) = (&*grpc, &polled)
-                    && let Some(code) = frame
-                        .trailers_ref()
-                        .and_then(|t| t.get("grpc-status"))
-                        .and_then(crate::retry::GrpcCode::from_header)
-                {
-                    g.inc(code.code());
-                }
-                if let Some(t) = timers {
-                    match &polled {
-                        Poll::Pending if t.expired(cx) => {
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(p) = pending.take() {
+                            p.finish(false, Some(crate::error::ProxyError::UpstreamReset));
+                        }
+                    }
+                    Poll::Pending => {
+                        if timers.as_mut().is_some_and(|t| t.expired(cx)) {
                             if let Some(p) = pending.take() {
                                 p.finish(false, Some(crate::error::ProxyError::Timeout));
                             }
                             return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                         }
-                        Poll::Ready(Some(Ok(_))) => t.activity(),
-                        _ => {}
                     }
+                    Poll::Ready(None) => {}
                 }
-                if let Poll::Ready(None) = polled
-                    && let Some(r) = returner.take()
-                {
-                    r.release();
-                } else if returner.is_some() && body.is_end_stream() {
-                    // The last data frame was just read; give the connection back now rather
-                    // than waiting for the client to poll once more.
+                // The end: the stream said so, or its last data frame was just read (hand the
+                // connection back and finish the records now, not one poll later).
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
                     if let Some(r) = returner.take() {
                         r.release();
+                    }
+                    if let Some(p) = pending.take() {
+                        p.finish(true, None);
                     }
                 }
                 polled.map(|f| f.map(|r| r.map_err(BoxError::from)))

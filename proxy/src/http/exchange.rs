@@ -79,17 +79,31 @@ impl Drop for Replay {
     }
 }
 
+/// A request with a copy of this head and `body` (whole, so it can be sent again).
+fn rebuild(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+    body: Option<Bytes>,
+) -> Request<RequestBody> {
+    let mut req = Request::new(body.map_or(RequestBody::Empty, RequestBody::full));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.version_mut() = version;
+    *req.headers_mut() = copy_headers(headers);
+    req
+}
+
 impl Replay {
     fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(match &self.body {
-            Some(b) => RequestBody::full(b.clone()),
-            None => RequestBody::Empty,
-        });
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = copy_headers(&self.headers);
-        req
+        rebuild(
+            &self.method,
+            &self.uri,
+            self.version,
+            &self.headers,
+            self.body.clone(),
+        )
     }
 
     /// Keeps `req` for replays when `policy` may retry it. A request without a body is ready
@@ -139,15 +153,13 @@ impl Replay {
             RequestBody::Incoming(b) if b.is_end_stream() => None,
             RequestBody::Incoming(_) => return None,
         };
-        let mut copy = Request::new(match body {
-            Some(b) => RequestBody::full(b),
-            None => RequestBody::Empty,
-        });
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        Some(copy)
+        Some(rebuild(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            body,
+        ))
     }
 }
 

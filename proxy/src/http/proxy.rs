@@ -24,7 +24,7 @@ use crate::http::observe::ExchangeInfo;
 use crate::http::pool::{self, Checkout};
 use crate::http::server::Activity;
 use crate::metrics::TargetMetrics;
-use crate::ratelimit::{Decision, KeyInput, is_grpc};
+use crate::ratelimit::{Decision, KeyInput};
 use crate::router::{RequestParts, normalize_path};
 use crate::snapshot::{BackendRt, ListenerSnapshot, RateLimitRt, RouteRt};
 
@@ -51,7 +51,7 @@ pub async fn handle(
     // Request id and trace context first: every later step, and the upstream, sees them.
     let started = snap.observe.start(&mut req, ctx.client, start);
     let mut info = ExchangeInfo::default();
-    let (mut resp, metrics) = match forward(req, &snap, &ctx, start, &mut info).await {
+    let (mut resp, metrics) = match forward(req, &snap, &ctx, start, grpc, &mut info).await {
         Ok(ok) => ok,
         Err((e, m)) => {
             info.error = Some(e);
@@ -106,7 +106,6 @@ impl Drop for InFlight<'_> {
 type Failed<'a> = (ProxyError, &'a TargetMetrics);
 type Answer<'a> = Result<(Response<ResponseBody>, &'a TargetMetrics), Failed<'a>>;
 
-/// Checks `req` against a rate limit; the 429 (or gRPC RESOURCE_EXHAUSTED) answer if over it.
 /// Counts `req` against `limit`: `Ok` with the decision when admitted (for the `RateLimit`
 /// headers of its response), `Err` with it when over the limit.
 fn check_limit(
@@ -139,6 +138,7 @@ async fn forward<'s>(
     snap: &'s ListenerSnapshot,
     ctx: &ConnCtx,
     start: Instant,
+    grpc: bool,
     info: &mut ExchangeInfo,
 ) -> Answer<'s> {
     if req.method() == http::Method::CONNECT {
@@ -155,7 +155,7 @@ async fn forward<'s>(
             Ok(d) => admitted = Some((limit, d)),
             Err(d) => {
                 info.error = Some(ProxyError::RateLimited);
-                return Ok((limited(limit, d, is_grpc(req.headers())), &snap.no_route));
+                return Ok((limited(limit, d, grpc), &snap.no_route));
             }
         }
     }
@@ -192,7 +192,7 @@ async fn forward<'s>(
             Ok(d) => admitted = Some((limit, d)),
             Err(d) => {
                 info.error = Some(ProxyError::RateLimited);
-                return Ok((limited(limit, d, is_grpc(req.headers())), &route.local));
+                return Ok((limited(limit, d, grpc), &route.local));
             }
         }
     }
