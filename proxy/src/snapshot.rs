@@ -405,7 +405,9 @@ impl HeaderOps {
     }
 }
 
-/// Validates `config` and compiles it. `previous` lends its per-backend state.
+/// Compiles `config`, which must have passed `config::validate` (`app::Proxy::apply` checks it
+/// once, before starting the exporters and log writers it needs). `previous` lends its
+/// per-backend state. Problems only compiling can find (e.g. header values) are reported.
 /// `workers`: how many worker threads will read it (regex route tables are cloned per worker).
 /// `sinks`: the span exporter's and access-log writers' queues the listeners hand records to.
 pub fn compile(
@@ -416,7 +418,6 @@ pub fn compile(
     workers: usize,
     sinks: &crate::http::observe::Sinks,
 ) -> Result<Snapshot, ConfigError> {
-    config::validate(&config)?;
     let mut problems = Vec::new();
 
     let now = Instant::now();
