@@ -113,4 +113,4 @@ pub use otlp::{BlackHole, OtlpProtocol, OtlpReceiver, ReceivedSpan, down_endpoin
 pub use ports::{free_addr, free_port};
 pub use proxy::{Proxy, ProxyBuilder, validate};
 pub use trace::TraceParent;
-pub use wait::{wait_for, wait_for_value};
+pub use wait::{wait_for, wait_for_value, wait_for_value_explained};

@@ -31,10 +31,8 @@ use prost::Message as _;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{Instant, sleep};
 
 use crate::ports;
-use crate::wait::POLL_INTERVAL;
 
 /// Which OTLP transport a receiver speaks: the proxy's `tracing.otlp.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,27 +296,21 @@ impl OtlpReceiver {
         &self,
         what: &str,
         timeout: Duration,
-        mut probe: impl AsyncFnMut() -> Option<T>,
+        probe: impl AsyncFnMut() -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            if Instant::now() >= deadline {
-                let seen: Vec<(String, String, String)> = self
-                    .spans()
-                    .iter()
-                    .map(|s| (s.name().to_owned(), s.trace_id(), s.span_id()))
-                    .collect();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; received {} export \
-                     request(s) with these spans (name, trace id, span id): {seen:#?}",
-                    self.export_requests(),
-                );
-            }
-            sleep(POLL_INTERVAL).await;
-        }
+        crate::wait::wait_for_value_explained(what, timeout, probe, || {
+            let seen: Vec<(String, String, String)> = self
+                .spans()
+                .iter()
+                .map(|s| (s.name().to_owned(), s.trace_id(), s.span_id()))
+                .collect();
+            format!(
+                "; received {} export request(s) with these spans (name, trace id, span id): \
+                 {seen:#?}",
+                self.export_requests(),
+            )
+        })
+        .await
     }
 }
 

@@ -30,7 +30,17 @@ pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl AsyncFn
 pub async fn wait_for_value<T>(
     what: &str,
     timeout: Duration,
+    probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    wait_for_value_explained(what, timeout, probe, String::new).await
+}
+
+/// Like [`wait_for_value`], adding `explain()` (what was seen instead) to the timeout's panic.
+pub async fn wait_for_value_explained<T>(
+    what: &str,
+    timeout: Duration,
     mut probe: impl AsyncFnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
 ) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -38,7 +48,10 @@ pub async fn wait_for_value<T>(
             return value;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for: {what}{}",
+                explain()
+            );
         }
         sleep(POLL_INTERVAL).await;
     }

@@ -3,14 +3,14 @@
 
 use super::*;
 
-fn parse(yaml: &str) -> Config {
+pub(super) fn parse(yaml: &str) -> Config {
     match Config::from_yaml(yaml) {
         Ok(c) => c,
         Err(e) => panic!("parse failed: {e}"),
     }
 }
 
-fn problems(yaml: &str) -> Vec<String> {
+pub(super) fn problems(yaml: &str) -> Vec<String> {
     match validate(&parse(yaml)) {
         Ok(()) => Vec::new(),
         Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),

@@ -10,20 +10,7 @@ use crate::config::{Config, ConfigError, validate, warnings};
 use crate::trace::export::Protocol;
 use crate::trace::{Format, SpanKind};
 
-fn parse(yaml: &str) -> Config {
-    match Config::from_yaml(yaml) {
-        Ok(c) => c,
-        Err(e) => panic!("parse failed: {e}"),
-    }
-}
-
-fn problems(yaml: &str) -> Vec<String> {
-    match validate(&parse(yaml)) {
-        Ok(()) => Vec::new(),
-        Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
-        Err(e) => panic!("unexpected error: {e}"),
-    }
-}
+use crate::config::tests::{parse, problems};
 
 const FULL: &str = r#"
 tracing:
