@@ -479,3 +479,169 @@ async fn writers_follow_config_changes() {
     }
     assert_eq!(Output::Stdout.to_string(), "stdout");
 }
+
+/// An output that keeps each write apart (one entry per `poll_write`), so a test sees how lines
+/// were batched, and lets it wait for them.
+struct Recorder(tokio::sync::watch::Sender<Vec<Vec<u8>>>);
+
+type Writes = tokio::sync::watch::Receiver<Vec<Vec<u8>>>;
+
+fn recorder() -> (Recorder, Writes) {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    (Recorder(tx), rx)
+}
+
+impl AsyncWrite for Recorder {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.send_modify(|writes| writes.push(buf.to_vec()));
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn lines_in(writes: &[Vec<u8>]) -> usize {
+    writes.iter().flatten().filter(|&&b| b == b'\n').count()
+}
+
+/// Lines per write.
+fn batches(writes: &[Vec<u8>]) -> Vec<usize> {
+    writes
+        .iter()
+        .map(|w| w.iter().filter(|&&b| b == b'\n').count())
+        .collect()
+}
+
+/// The `attempts` of every line written, in order.
+fn attempts_written(writes: &[Vec<u8>]) -> Vec<u64> {
+    String::from_utf8(writes.concat())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["attempts"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits (10 s at most) until `want` lines have been written; returns the writes so far.
+async fn wait_lines(writes: &mut Writes, want: usize) -> Vec<Vec<u8>> {
+    let waited = tokio::time::timeout(
+        Duration::from_secs(10),
+        writes.wait_for(|w| lines_in(w) >= want),
+    )
+    .await
+    .map(|w| w.unwrap().clone());
+    waited.unwrap_or_else(|_| {
+        panic!(
+            "waited for {want} lines, got batches {:?}",
+            batches(&writes.borrow())
+        )
+    })
+}
+
+fn bare_log(writer: &LogWriter) -> AccessLog {
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    AccessLog::new(bare, 1.0, writer.sink())
+}
+
+// The linger tests run on paused time: the clock moves only when every task waits on a timer,
+// so "written without waiting out a linger" is an exact check, not a race with the machine.
+
+#[tokio::test(start_paused = true)]
+async fn lines_queued_while_the_writer_lingers_share_a_write() {
+    let (out, mut writes) = recorder();
+    let writer = LogWriter::start_with(out, QUEUE_SIZE, &Handle::current());
+    let log = bare_log(&writer);
+
+    // Idle: a lone line is written at once, not after a linger.
+    let t = tokio::time::Instant::now();
+    assert!(log.submit(small_record(&log, 0)));
+    wait_lines(&mut writes, 1).await;
+    assert!(t.elapsed() < LogWriter::LINGER, "{:?}", t.elapsed());
+
+    // The writer now lingers. Lines come one by one and the writer's thread is free between
+    // them: a writer parked on the queue would be woken for (and write) each.
+    let t = tokio::time::Instant::now();
+    for n in 1..=100 {
+        assert!(log.submit(small_record(&log, n)));
+        tokio::task::yield_now().await;
+    }
+    let all = wait_lines(&mut writes, 101).await;
+    let later = batches(&all[1..]);
+    assert!(
+        later.len() <= 3,
+        "100 lines took {} writes: {later:?}",
+        later.len()
+    );
+    // And they did not wait much longer than the linger.
+    assert!(
+        t.elapsed() <= LogWriter::LINGER * 2,
+        "written after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(attempts_written(&all), (0..=100).collect::<Vec<_>>());
+    assert_eq!(writer.stats().written(), 101);
+    assert_eq!(writer.stats().dropped(), 0);
+    writer.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_cuts_the_linger_short_and_writes_what_is_queued() {
+    // A linger no shutdown timeout would sit out: only cutting it short writes the lines.
+    let linger = Duration::from_secs(3600);
+    let (out, mut writes) = recorder();
+    let writer = LogWriter::start_with_linger(out, 1024, linger, &Handle::current());
+    let log = bare_log(&writer);
+    assert!(log.submit(small_record(&log, 0)));
+    wait_lines(&mut writes, 1).await;
+    for n in 1..=50 {
+        assert!(log.submit(small_record(&log, n)));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(lines_in(&writes.borrow()), 1, "the writer is lingering");
+
+    let stats = Arc::clone(writer.stats());
+    let t = tokio::time::Instant::now();
+    writer.shutdown(Duration::from_secs(5)).await;
+    // Under paused time a writer still asleep would have let the clock run to the timeout.
+    assert!(t.elapsed() < Duration::from_millis(1), "{:?}", t.elapsed());
+    let all = writes.borrow().clone();
+    assert_eq!(attempts_written(&all), (0..=50).collect::<Vec<_>>());
+    assert_eq!((stats.written(), stats.dropped()), (51, 0));
+    assert!(
+        !log.submit(small_record(&log, 99)),
+        "a stopped writer takes nothing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_is_followed_at_once_by_the_next() {
+    let (out, mut writes) = recorder();
+    let writer = LogWriter::start_with(out, QUEUE_SIZE, &Handle::current());
+    let log = bare_log(&writer);
+    let t = tokio::time::Instant::now();
+    for n in 0..3000 {
+        assert!(log.submit(small_record(&log, n)));
+    }
+    let all = wait_lines(&mut writes, 3000).await;
+    // Several batches, with no linger between them: the queue is drained while it is full.
+    let sizes = batches(&all);
+    assert!((2..=12).contains(&sizes.len()), "{sizes:?}");
+    assert!(t.elapsed() < LogWriter::LINGER, "{:?}", t.elapsed());
+    assert_eq!(attempts_written(&all), (0..3000).collect::<Vec<_>>());
+    assert_eq!(
+        (writer.stats().written(), writer.stats().dropped()),
+        (3000, 0)
+    );
+    writer.shutdown(Duration::from_secs(5)).await;
+}
