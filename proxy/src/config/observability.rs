@@ -31,7 +31,8 @@ pub struct TracingSpec {
     /// (no context came in, or B3 ids came without a decision); an incoming decision is obeyed.
     #[serde(default = "defaults::sampling_ratio")]
     pub sampling_ratio: f64,
-    /// `service.name` of the spans (`OTEL_RESOURCE_ATTRIBUTES` adds more).
+    /// `service.name` of the spans (`OTEL_SERVICE_NAME` overrides it, `OTEL_RESOURCE_ATTRIBUTES`
+    /// adds attributes).
     #[serde(default = "defaults::service_name")]
     pub service_name: String,
     /// Finished spans held for export; beyond it they are dropped and counted, never waited for.
@@ -473,7 +474,7 @@ impl TracingSpec {
     }
 }
 
-/// The largest span queue accepted (each held span is about 300 bytes, twice: a few hundred MB).
+/// The largest span queue accepted (each held span is under 320 bytes: a few hundred MB).
 const MAX_QUEUE: usize = 1_000_000;
 
 fn check_ratio(r: f64) -> Result<(), String> {

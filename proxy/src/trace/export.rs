@@ -1,59 +1,52 @@
-//! Span export: a bounded hand-off from the request path, conversion and OTLP export on the
-//! control runtime through the OpenTelemetry SDK's batch span processor.
+//! Span export: a bounded hand-off from the request path, and OTLP export in batches on the
+//! control runtime.
 //!
 //! # Model
 //!
 //! ```text
 //! workers: SpanSink::submit ──try_send──> [ queue: queue_size records ]
-//!                                              │  forwarder task (control runtime):
-//!                                              │  SpanRecord -> SpanData, waits for room
+//!                                              │  exporter task (control runtime), woken
+//!                                              │  every batch_delay, or once when a batch
+//!                                              │  is waiting
 //!                                              v
-//!                      BatchSpanProcessor [ queue: queue_size spans ] (its own thread)
-//!                                              │  batches of batch_size, every batch_delay
-//!                                              v
-//!                      Exporter (counts) ──spawned on the control runtime──> OTLP gRPC / HTTP
+//!                      batches of batch_size, encoded (otlp.rs) ──> OTLP gRPC (tonic) / HTTP
 //! ```
 //!
 //! - **The request path never waits.** [`SpanSink::submit`] is a `try_send` on a bounded
 //!   tokio channel of fixed-size records (a few atomics; the channel allocates its slots in
-//!   blocks of 32, reused). When the queue is full the record is dropped and counted.
-//! - **One place where spans are dropped under pressure**: that first queue. The SDK's
-//!   processor drops silently (it only logs a total at shutdown), so the forwarder never lets
-//!   it overflow: it tracks how many spans the processor holds (handed over minus taken by an
-//!   export) and waits while that reaches the processor's capacity. A slow or absent collector
-//!   therefore backs spans up into our queue, where the drops are counted
-//!   ([`ExportStats::dropped_queue_full`]).
-//! - **Failed exports are counted too** ([`ExportStats::export_failed`]): when the collector
-//!   is down, every batch fails after the exporter's timeout and its spans are lost. Both
-//!   counters are meant for the metrics page; [`ExportStats::dropped`] is their sum.
-//! - **The export runs on the control runtime.** The SDK's processor calls the exporter from a
-//!   plain thread; tonic's channel and the hyper client need a tokio runtime, so the exporter
-//!   wrapper spawns each export there and waits for it, with a deadline (the export timeout
-//!   plus up to a second: a black-holing collector cannot hold the processor forever).
-//! - **Shutdown** ([`SpanExport::shutdown`], on drain): stop taking records, hand the queued
-//!   ones over, then shut the processor down, which exports what it holds (flush). The
-//!   processor's shutdown blocks its caller, so it runs on tokio's blocking pool: the control
-//!   runtime must keep running while it does (never call it from a blocking context there).
+//!   blocks of 32, reused). When the queue is full the record is dropped and counted
+//!   ([`ExportStats::dropped_queue_full`]): the one place spans are dropped under pressure.
+//! - **No wake-up per span.** The exporter sleeps on a timer, not on the queue, so a submit
+//!   does not wake it (a futex wake and a context switch each, which on a proxy pinned to one
+//!   CPU cost more than the span). The submit that makes a full batch wait kicks it, once per
+//!   batch (a flag keeps the others from repeating the kick).
+//! - **One export at a time**, each bounded by the export timeout. A slow or absent collector
+//!   therefore backs spans up into the queue, where the drops are counted. Failed exports are
+//!   counted too ([`ExportStats::export_failed`]), with spans the collector rejected in a
+//!   partial success. [`ExportStats::dropped`] is their sum.
+//! - **Encoding** (module `otlp`) writes OTLP protobuf straight from the records, with
+//!   prost's primitives; the transport is tonic's gRPC client (a codec passes the encoded
+//!   request through) or a hyper client posting to `/v1/traces`. The OpenTelemetry SDK's batch
+//!   processor and the `opentelemetry-otlp` exporter did this before, at ≈ 33k instructions
+//!   per span for the conversion alone (see benches/results/BASELINE.md).
+//! - **Shutdown** ([`SpanExport::shutdown`], on drain): stop taking records, export the ones
+//!   queued, within the caller's timeout.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
-};
+use bytes::{Buf, BufMut, Bytes};
+use http_body_util::{BodyExt, Full, Limited};
+use prost::Message;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{SpanRecord, ToSpanData};
+use super::SpanRecord;
+use super::otlp::Envelope;
 
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,13 +63,13 @@ pub struct ExportConfig {
     /// Base URL of the collector, `http://host:port` (TLS is not supported yet).
     pub endpoint: String,
     pub protocol: Protocol,
-    /// Deadline of one export, retries included.
+    /// Deadline of one export.
     pub timeout: Duration,
     /// Sent with every export (gRPC metadata or HTTP headers), e.g. an API key.
     pub headers: Vec<(String, String)>,
     /// `service.name` of the resource.
     pub service_name: String,
-    /// Capacity of each of the two queues (see the module docs).
+    /// Capacity of the queue between the request path and the exporter.
     pub queue_size: usize,
     /// Spans per export request.
     pub batch_size: usize,
@@ -101,8 +94,6 @@ impl Default for ExportConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot build the OTLP exporter: {0}")]
-    Build(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("invalid OTLP export setting: {0}")]
     Config(String),
     #[error("span export shutdown: {0}")]
@@ -124,7 +115,7 @@ impl ExportStats {
         self.dropped_queue_full.load(Relaxed)
     }
 
-    /// Records taken from the queue and handed to the processor.
+    /// Records taken from the queue into an export.
     pub fn received(&self) -> u64 {
         self.received.load(Relaxed)
     }
@@ -134,7 +125,8 @@ impl ExportStats {
         self.exported.load(Relaxed)
     }
 
-    /// Spans in exports that failed (collector down, timeout, refused).
+    /// Spans in exports that failed (collector down, timeout, refused) or that the collector
+    /// rejected.
     pub fn export_failed(&self) -> u64 {
         self.export_failed.load(Relaxed)
     }
@@ -145,33 +137,38 @@ impl ExportStats {
     }
 }
 
-/// The request path's handle: cheap to clone, one per worker.
+/// Wakes the exporter once a batch is waiting, once per batch.
 #[derive(Debug)]
-pub struct SpanSink<R = SpanRecord> {
-    tx: mpsc::Sender<R>,
+struct Kick {
+    batch_size: usize,
+    sent: AtomicBool,
+    notify: Notify,
+}
+
+/// The request path's handle: cheap to clone, one per worker.
+#[derive(Debug, Clone)]
+pub struct SpanSink {
+    tx: mpsc::Sender<SpanRecord>,
+    kick: Arc<Kick>,
     stats: Arc<ExportStats>,
 }
 
-impl<R> Clone for SpanSink<R> {
-    fn clone(&self) -> Self {
-        Self {
-            tx: self.tx.clone(),
-            stats: Arc::clone(&self.stats),
-        }
-    }
-}
-
-impl<R> SpanSink<R> {
+impl SpanSink {
     /// Queues a finished span for export, or drops and counts it if the queue is full. Never
     /// waits. Returns whether it was queued.
-    pub fn submit(&self, record: R) -> bool {
-        match self.tx.try_send(record) {
-            Ok(()) => true,
-            Err(_) => {
-                self.stats.dropped_queue_full.fetch_add(1, Relaxed);
-                false
-            }
+    pub fn submit(&self, record: SpanRecord) -> bool {
+        if self.tx.try_send(record).is_err() {
+            self.stats.dropped_queue_full.fetch_add(1, Relaxed);
+            return false;
         }
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        if queued >= self.kick.batch_size
+            && !self.kick.sent.load(Relaxed)
+            && !self.kick.sent.swap(true, Relaxed)
+        {
+            self.kick.notify.notify_one();
+        }
+        true
     }
 
     pub fn stats(&self) -> &Arc<ExportStats> {
@@ -179,18 +176,23 @@ impl<R> SpanSink<R> {
     }
 }
 
-/// The running export pipeline.
-#[derive(Debug)]
-pub struct SpanExport<R = SpanRecord> {
-    sink: SpanSink<R>,
-    stop: CancellationToken,
-    forwarder: JoinHandle<()>,
-    processor: Arc<BatchSpanProcessor>,
+/// Sends one encoded `ExportTraceServiceRequest`; answers how many of its spans the collector
+/// rejected (OTLP partial success).
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, request: Bytes) -> impl Future<Output = Result<u64, String>> + Send;
 }
 
-impl<R> SpanExport<R> {
+/// The running export pipeline.
+#[derive(Debug)]
+pub struct SpanExport {
+    sink: SpanSink,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl SpanExport {
     /// A sink for a worker (or a snapshot): clones share the queue.
-    pub fn sink(&self) -> SpanSink<R> {
+    pub fn sink(&self) -> SpanSink {
         self.sink.clone()
     }
 
@@ -198,63 +200,18 @@ impl<R> SpanExport<R> {
         &self.sink.stats
     }
 
-    /// Stops taking spans, exports the ones queued, and shuts the exporter down, within
-    /// `timeout`. Later submits are dropped (and counted).
+    /// Stops taking spans and exports the ones queued, within `timeout`. Later submits are
+    /// dropped (and counted).
     pub async fn shutdown(self, timeout: Duration) -> Result<(), ExportError> {
         self.stop.cancel();
-        let processor = self.processor;
-        let work = async move {
-            self.forwarder
-                .await
-                .map_err(|e| ExportError::Shutdown(format!("forwarder: {e}")))?;
-            tokio::task::spawn_blocking(move || processor.shutdown_with_timeout(timeout))
-                .await
-                .map_err(|e| ExportError::Shutdown(format!("processor: {e}")))?
-                .map_err(|e| ExportError::Shutdown(e.to_string()))
-        };
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| ExportError::Shutdown(format!("not done within {timeout:?}")))?
-    }
-}
-
-/// The OTLP exporter for `config`, with its resource set. Must run inside `runtime` (tonic
-/// starts its connection task there).
-fn otlp_exporter(
-    config: &ExportConfig,
-    runtime: &Handle,
-) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
-    let _entered = runtime.enter();
-    let mut exporter = match config.protocol {
-        Protocol::Grpc => {
-            let mut metadata = http::HeaderMap::new();
-            for (name, value) in &config.headers {
-                let name = http::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|e| ExportError::Config(format!("header {name:?}: {e}")))?;
-                let value = http::HeaderValue::from_str(value)
-                    .map_err(|e| ExportError::Config(format!("header {name:?}: {e}")))?;
-                metadata.append(name, value);
-            }
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(config.timeout)
-                .with_metadata(
-                    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(metadata),
-                )
-                .build()
+        match tokio::time::timeout(timeout, self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ExportError::Shutdown(format!("exporter: {e}"))),
+            Err(_) => Err(ExportError::Shutdown(format!(
+                "not done within {timeout:?}"
+            ))),
         }
-        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(traces_url(&config.endpoint))
-            .with_timeout(config.timeout)
-            .with_headers(config.headers.iter().cloned().collect::<HashMap<_, _>>())
-            .build(),
     }
-    .map_err(ExportError::Build)?;
-    exporter.set_resource(&resource(config));
-    Ok(exporter)
 }
 
 /// OTLP/HTTP posts traces to `{base}/v1/traces`.
@@ -262,180 +219,321 @@ pub fn traces_url(base: &str) -> String {
     format!("{}/v1/traces", base.trim_end_matches('/'))
 }
 
-fn resource(config: &ExportConfig) -> Resource {
-    Resource::builder()
-        .with_service_name(config.service_name.clone())
-        .build()
-}
-
-/// Starts the export pipeline on `runtime` (the control runtime): an OTLP exporter for
-/// `config`, the SDK's batch processor, and the forwarder task.
+/// Starts the export pipeline for `config` on `runtime` (the control runtime).
 pub fn start(config: &ExportConfig, runtime: &Handle) -> Result<SpanExport, ExportError> {
-    let exporter = otlp_exporter(config, runtime)?;
-    start_with(exporter, config, runtime)
+    let _entered = runtime.enter();
+    match config.protocol {
+        Protocol::Grpc => start_with(Grpc::new(config)?, config, runtime),
+        Protocol::HttpProtobuf => start_with(Http::new(config)?, config, runtime),
+    }
 }
 
-/// [`start`] with any exporter (tests pass one that records, stalls or fails). Its resource
-/// is the caller's business.
-pub fn start_with<R, E>(
-    exporter: E,
+/// [`start`] with any transport (tests pass one that records, stalls or fails).
+pub fn start_with<T: Transport>(
+    transport: T,
     config: &ExportConfig,
     runtime: &Handle,
-) -> Result<SpanExport<R>, ExportError>
-where
-    R: ToSpanData + Send + 'static,
-    E: SpanExporter + 'static,
-{
+) -> Result<SpanExport, ExportError> {
     if config.queue_size == 0 || config.batch_size == 0 {
         return Err(ExportError::Config(
             "queue_size and batch_size must be at least 1".to_owned(),
         ));
     }
+    let batch_size = config.batch_size.min(config.queue_size);
     let stats = Arc::new(ExportStats::default());
-    let room = Arc::new(Room {
-        held: AtomicUsize::new(0),
-        freed: Notify::new(),
+    let kick = Arc::new(Kick {
+        batch_size,
+        sent: AtomicBool::new(false),
+        notify: Notify::new(),
     });
-    let exporter = Counting {
-        inner: Arc::new(exporter),
-        runtime: runtime.clone(),
-        // Let the exporter's own timeout fire first; this is the backstop.
-        deadline: config.timeout + config.timeout.min(Duration::from_secs(1)),
-        room: Arc::clone(&room),
-        stats: Arc::clone(&stats),
-    };
-    let processor = Arc::new(
-        BatchSpanProcessor::builder(exporter)
-            .with_batch_config(
-                BatchConfigBuilder::default()
-                    .with_max_queue_size(config.queue_size)
-                    .with_max_export_batch_size(config.batch_size.min(config.queue_size))
-                    .with_scheduled_delay(config.batch_delay)
-                    .build(),
-            )
-            .build(),
-    );
     let (tx, rx) = mpsc::channel(config.queue_size);
     let stop = CancellationToken::new();
-    let forwarder = runtime.spawn(forward(
+    let exporter = Exporter {
         rx,
-        Arc::clone(&processor),
-        room,
-        config.queue_size,
-        Arc::clone(&stats),
-        stop.clone(),
-    ));
+        transport,
+        envelope: Envelope::new(&config.service_name),
+        batch_size,
+        timeout: config.timeout,
+        kick: Arc::clone(&kick),
+        stats: Arc::clone(&stats),
+        batch: Vec::with_capacity(batch_size),
+        body: Vec::new(),
+        failing: false,
+    };
+    let task = runtime.spawn(exporter.run(config.batch_delay, stop.clone()));
     Ok(SpanExport {
-        sink: SpanSink { tx, stats },
+        sink: SpanSink { tx, kick, stats },
         stop,
-        forwarder,
-        processor,
+        task,
     })
 }
 
-/// How many spans the processor holds, and a signal when an export takes some.
-#[derive(Debug)]
-struct Room {
-    held: AtomicUsize,
-    freed: Notify,
+struct Exporter<T> {
+    rx: mpsc::Receiver<SpanRecord>,
+    transport: T,
+    envelope: Envelope,
+    batch_size: usize,
+    timeout: Duration,
+    kick: Arc<Kick>,
+    stats: Arc<ExportStats>,
+    batch: Vec<SpanRecord>,
+    body: Vec<u8>,
+    failing: bool,
 }
 
-impl Room {
-    async fn wait_below(&self, capacity: usize) {
+impl<T: Transport> Exporter<T> {
+    async fn run(mut self, delay: Duration, stop: CancellationToken) {
         loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.held.load(Relaxed) < capacity {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                () = self.kick.notify.notified() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+            self.kick.sent.store(false, Relaxed);
+            self.export_queued().await;
+        }
+        // Drain: refuse new records, export the queued ones.
+        self.rx.close();
+        self.export_queued().await;
+    }
+
+    /// Exports what is queued, a batch at a time.
+    async fn export_queued(&mut self) {
+        loop {
+            while self.batch.len() < self.batch_size {
+                match self.rx.try_recv() {
+                    Ok(record) => self.batch.push(record),
+                    Err(_) => break,
+                }
+            }
+            if self.batch.is_empty() {
                 return;
             }
-            freed.await;
+            let full = self.batch.len() == self.batch_size;
+            self.export_batch().await;
+            if !full {
+                return;
+            }
+        }
+    }
+
+    async fn export_batch(&mut self) {
+        let n = self.batch.len() as u64;
+        self.stats.received.fetch_add(n, Relaxed);
+        self.body.clear();
+        self.envelope.encode(&self.batch, &mut self.body);
+        self.batch.clear();
+        let request = Bytes::copy_from_slice(&self.body);
+        let outcome = tokio::time::timeout(self.timeout, self.transport.send(request))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+        match outcome {
+            Ok(rejected) => {
+                let rejected = rejected.min(n);
+                self.stats.exported.fetch_add(n - rejected, Relaxed);
+                self.stats.export_failed.fetch_add(rejected, Relaxed);
+                if rejected > 0 {
+                    tracing::warn!("the collector rejected {rejected} of {n} spans");
+                }
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("span export works again");
+                }
+            }
+            Err(e) => {
+                self.stats.export_failed.fetch_add(n, Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!("span export failed, spans are lost until it recovers: {e}");
+                }
+            }
         }
     }
 }
 
-async fn forward<R: ToSpanData>(
-    mut rx: mpsc::Receiver<R>,
-    processor: Arc<BatchSpanProcessor>,
-    room: Arc<Room>,
-    capacity: usize,
-    stats: Arc<ExportStats>,
-    stop: CancellationToken,
-) {
-    let scope = InstrumentationScope::builder("tern-proxy")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    let hand_over = async |record: R| {
-        room.wait_below(capacity).await;
-        room.held.fetch_add(1, Relaxed);
-        stats.received.fetch_add(1, Relaxed);
-        processor.on_end(record.to_span_data(&scope));
-    };
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            record = rx.recv() => match record {
-                Some(record) => hand_over(record).await,
-                None => return,
-            },
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+type ExportResponse = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+fn rejected_spans(response: &ExportResponse) -> u64 {
+    response
+        .partial_success
+        .as_ref()
+        .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
+}
+
+/// OTLP/gRPC through tonic's client; the channel connects lazily and reconnects by itself.
+struct Grpc {
+    client: tonic::client::Grpc<tonic::transport::Channel>,
+    metadata: tonic::metadata::MetadataMap,
+}
+
+impl Grpc {
+    fn new(config: &ExportConfig) -> Result<Self, ExportError> {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &config.headers {
+            let (name, value) = header(name, value)?;
+            headers.append(name, value);
         }
-    }
-    // Drain: refuse new records, hand over the queued ones.
-    rx.close();
-    while let Some(record) = rx.recv().await {
-        hand_over(record).await;
+        let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| ExportError::Config(format!("endpoint {:?}: {e}", config.endpoint)))?
+            .connect_timeout(config.timeout)
+            .connect_lazy();
+        Ok(Self {
+            client: tonic::client::Grpc::new(channel),
+            metadata: tonic::metadata::MetadataMap::from_headers(headers),
+        })
     }
 }
 
-/// Wraps the real exporter: frees room as batches leave the processor's queue, counts the
-/// outcome, and runs the export on the control runtime with a deadline.
-#[derive(Debug)]
-struct Counting<E> {
-    inner: Arc<E>,
-    runtime: Handle,
-    deadline: Duration,
-    room: Arc<Room>,
-    stats: Arc<ExportStats>,
+impl Transport for Grpc {
+    async fn send(&self, request: Bytes) -> Result<u64, String> {
+        let mut client = self.client.clone();
+        client
+            .ready()
+            .await
+            .map_err(|e| format!("collector not ready: {e}"))?;
+        let request = tonic::Request::from_parts(
+            self.metadata.clone(),
+            tonic::Extensions::default(),
+            request,
+        );
+        let response = client
+            .unary(
+                request,
+                http::uri::PathAndQuery::from_static(GRPC_PATH),
+                Encoded,
+            )
+            .await
+            .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))?;
+        Ok(rejected_spans(response.get_ref()))
+    }
 }
 
-impl<E: SpanExporter + 'static> SpanExporter for Counting<E> {
-    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        let n = batch.len();
-        // Only this subtracts, and only spans the forwarder added: never below zero, but
-        // saturate rather than wrap should that ever be wrong.
-        let _ = self
-            .room
-            .held
-            .fetch_update(Relaxed, Relaxed, |held| Some(held.saturating_sub(n)));
-        self.room.freed.notify_one();
-        let inner = Arc::clone(&self.inner);
-        let deadline = self.deadline;
-        let task = self.runtime.spawn(async move {
-            tokio::time::timeout(deadline, inner.export(batch))
-                .await
-                .unwrap_or(Err(OTelSdkError::Timeout(deadline)))
-        });
-        let stats = Arc::clone(&self.stats);
-        async move {
-            let result = task
-                .await
-                .unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string())));
-            let counter = if result.is_ok() {
-                &stats.exported
-            } else {
-                &stats.export_failed
-            };
-            counter.fetch_add(n as u64, Relaxed);
-            result
+/// Sends an already encoded request as is; decodes the response.
+#[derive(Debug, Clone, Copy)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Bytes;
+    type Decode = ExportResponse;
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Encoded
+    }
+}
+
+impl tonic::codec::Encoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Encoded {
+    type Item = ExportResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        let response = ExportResponse::decode(src.copy_to_bytes(src.remaining()))
+            .map_err(|e| tonic::Status::internal(format!("bad export response: {e}")))?;
+        Ok(Some(response))
+    }
+}
+
+/// OTLP/HTTP with protobuf bodies, through hyper's pooled client.
+struct Http {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    url: http::Uri,
+    headers: http::HeaderMap,
+}
+
+/// The most of a collector's answer read (a partial-success message is a few hundred bytes).
+const MAX_RESPONSE: usize = 64 * 1024;
+
+impl Http {
+    fn new(config: &ExportConfig) -> Result<Self, ExportError> {
+        let url = traces_url(&config.endpoint);
+        let url: http::Uri = url
+            .parse()
+            .map_err(|e| ExportError::Config(format!("endpoint {url:?}: {e}")))?;
+        if url.scheme_str() != Some("http") {
+            return Err(ExportError::Config(format!(
+                "endpoint {url}: only http:// is supported"
+            )));
         }
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &config.headers {
+            let (name, value) = header(name, value)?;
+            headers.append(name, value);
+        }
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-protobuf"),
+        );
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout));
+        connector.set_nodelay(true);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        Ok(Self {
+            client,
+            url,
+            headers,
+        })
     }
+}
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+impl Transport for Http {
+    async fn send(&self, request: Bytes) -> Result<u64, String> {
+        let mut req = http::Request::new(Full::new(request));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.url.clone();
+        *req.headers_mut() = self.headers.clone();
+        let response = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("POST {}: {e}", self.url))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| format!("POST {}: reading the answer: {e}", self.url))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("POST {}: HTTP {status}", self.url));
+        }
+        // A body that is not an export response (some collectors answer empty) rejects nothing.
+        Ok(ExportResponse::decode(body).map_or(0, |r| rejected_spans(&r)))
     }
+}
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
+fn header(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderValue), ExportError> {
+    let n = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|e| ExportError::Config(format!("header {name:?}: {e}")))?;
+    let v = http::HeaderValue::from_str(value)
+        .map_err(|e| ExportError::Config(format!("header {name:?}: {e}")))?;
+    Ok((n, v))
 }

@@ -26,8 +26,9 @@
 //!   (so B3-only systems keep working); or an explicit list. `tracestate` is passed through
 //!   when W3C is emitted and the parent came in as W3C (bounded, see [`w3c`]).
 //! - **Record** ([`SpanRecord`]): a compact, fixed-size summary of the finished exchange,
-//!   handed to a bounded queue ([`export::SpanSink`]) that never blocks; conversion to
-//!   OpenTelemetry's `SpanData` and the OTLP export happen on the control runtime.
+//!   handed to a bounded queue ([`export::SpanSink`]) that never blocks; the OTLP encoding
+//!   (written straight from the record, see `otlp`) and the export happen on the control
+//!   runtime, in batches.
 //!
 //! With tracing not configured, none of this runs and trace headers pass through untouched:
 //! rewriting the parent to a span nobody exports would cut the trace in two.
@@ -46,6 +47,7 @@ mod tests;
 
 pub mod b3;
 pub mod export;
+mod otlp;
 mod propagate;
 mod sampler;
 mod span;
@@ -58,7 +60,7 @@ pub use propagate::{
 };
 pub use sampler::Sampler;
 pub(crate) use span::protocol_version;
-pub use span::{Host, SpanKind, SpanRecord, ToSpanData};
+pub use span::{Attr, Host, SpanKind, SpanRecord, SpanStatus};
 
 /// A 16-byte trace id. All zeros is invalid.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,19 +1,15 @@
-//! One finished span, as the request path hands it over, and its conversion to
-//! OpenTelemetry's `SpanData` (off the request path).
+//! One finished span, as the request path hands it over, and what the OTLP encoder reads from
+//! it (name, status, attributes), off the request path.
 
-use std::borrow::Cow;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
-use opentelemetry::trace::{self as otel, TraceFlags};
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
-
 use super::{SpanId, TraceId};
 use crate::error::ProxyError;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 
 /// The role of this hop's span.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,130 +137,107 @@ impl SpanRecord {
     }
 
     /// The span's name: `{method} {route}`, or `{method}` when no route matched; `HTTP` for a
-    /// method outside RFC 9110's set (OpenTelemetry's HTTP conventions).
-    pub fn name(&self) -> Cow<'static, str> {
-        let method = known_method(&self.method).unwrap_or("HTTP");
-        match &self.route {
-            Some(route) => Cow::Owned(format!("{method} {route}")),
-            None => Cow::Borrowed(method),
-        }
+    /// method outside RFC 9110's set (OpenTelemetry's HTTP conventions). In parts, so the
+    /// encoder writes it without building a string.
+    pub fn name(&self) -> (&'static str, Option<&str>) {
+        (
+            known_method(&self.method).unwrap_or("HTTP"),
+            self.route.as_deref(),
+        )
     }
 
     /// The span's status: an error when the proxy answered with a failure, or the status is
     /// 5xx (`SERVER`) or 4xx/5xx (`CLIENT`), per OpenTelemetry's HTTP conventions.
-    pub fn otel_status(&self) -> otel::Status {
+    pub fn status(&self) -> SpanStatus {
         if let Some(e) = self.error {
-            return otel::Status::error(e.to_string());
+            return SpanStatus::Error(Some(e));
         }
         match self.status.map(|s| s.as_u16()) {
-            Some(s) if s >= 500 => otel::Status::error(""),
-            Some(s) if s >= 400 && self.kind == SpanKind::Client => otel::Status::error(""),
-            _ => otel::Status::Unset,
+            Some(s) if s >= 500 => SpanStatus::Error(None),
+            Some(s) if s >= 400 && self.kind == SpanKind::Client => SpanStatus::Error(None),
+            _ => SpanStatus::Unset,
         }
     }
 
-    /// The attributes, by OpenTelemetry's HTTP semantic conventions plus `tern.*`.
-    pub fn attributes(&self) -> Vec<KeyValue> {
-        let mut attrs = Vec::with_capacity(16);
+    /// The attributes, by OpenTelemetry's HTTP semantic conventions plus `tern.*`, handed to
+    /// `f` one by one (nothing is allocated: values borrow from the record or the stack).
+    pub fn attributes(&self, mut f: impl FnMut(&'static str, Attr<'_>)) {
         match known_method(&self.method) {
-            Some(m) => attrs.push(KeyValue::new("http.request.method", m)),
+            Some(m) => f("http.request.method", Attr::Str(m)),
             None => {
-                attrs.push(KeyValue::new("http.request.method", "_OTHER"));
-                attrs.push(KeyValue::new(
+                f("http.request.method", Attr::Str("_OTHER"));
+                f(
                     "http.request.method_original",
-                    self.method.as_str().to_owned(),
-                ));
+                    Attr::Str(self.method.as_str()),
+                );
             }
         }
         if let Some(p) = &self.path {
-            attrs.push(KeyValue::new("url.path", p.path().to_owned()));
+            f("url.path", Attr::Str(p.path()));
         }
-        attrs.push(KeyValue::new(
+        f(
             "url.scheme",
-            if self.tls { "https" } else { "http" },
-        ));
+            Attr::Str(if self.tls { "https" } else { "http" }),
+        );
         if let Some(status) = self.status {
-            attrs.push(KeyValue::new(
+            f(
                 "http.response.status_code",
-                i64::from(status.as_u16()),
-            ));
+                Attr::Int(i64::from(status.as_u16())),
+            );
         }
         if let Some(host) = &self.host {
             let (name, port) = host.split();
-            attrs.push(KeyValue::new(
-                "server.address",
-                String::from_utf8_lossy(name).into_owned(),
-            ));
+            f("server.address", Attr::Str(&String::from_utf8_lossy(name)));
             if let Some(port) = port {
-                attrs.push(KeyValue::new("server.port", i64::from(port)));
+                f("server.port", Attr::Int(i64::from(port)));
             }
         }
         if let Some(v) = protocol_version(self.version) {
-            attrs.push(KeyValue::new("network.protocol.version", v));
+            f("network.protocol.version", Attr::Str(v));
         }
-        attrs.push(KeyValue::new("tern.listener", Arc::clone(&self.listener)));
+        f("tern.listener", Attr::Str(&self.listener));
         if let Some(r) = &self.route {
-            attrs.push(KeyValue::new("tern.route", Arc::clone(r)));
+            f("tern.route", Attr::Str(r));
         }
         if let Some(b) = &self.backend {
-            attrs.push(KeyValue::new("tern.backend", Arc::clone(b)));
+            f("tern.backend", Attr::Str(b));
         }
         if let Some(e) = self.endpoint {
-            attrs.push(KeyValue::new("tern.endpoint", e.to_string()));
+            // The longest socket address, `[v6%scope]:port`, is 58 bytes.
+            let mut buf = [0u8; 64];
+            let mut rest = &mut buf[..];
+            if write!(rest, "{e}").is_ok() {
+                let len = 64 - rest.len();
+                if let Ok(text) = std::str::from_utf8(&buf[..len]) {
+                    f("tern.endpoint", Attr::Str(text));
+                }
+            }
         }
-        attrs.push(KeyValue::new("tern.retries", i64::from(self.retries)));
+        f("tern.retries", Attr::Int(i64::from(self.retries)));
         if let Some(e) = self.error {
-            attrs.push(KeyValue::new("tern.error", e.code()));
-            attrs.push(KeyValue::new("error.type", e.code()));
+            f("tern.error", Attr::Str(e.code()));
+            f("error.type", Attr::Str(e.code()));
         } else if let Some(status) = self.status
             && (status.is_server_error()
                 || (status.is_client_error() && self.kind == SpanKind::Client))
         {
-            attrs.push(KeyValue::new(
-                "error.type",
-                Value::from(status.as_str().to_owned()),
-            ));
+            f("error.type", Attr::Str(status.as_str()));
         }
-        attrs
     }
 }
 
-/// Converts a record for the SDK; implemented for [`SpanRecord`], a trait so the exporter can
-/// be tested with other inputs.
-pub trait ToSpanData {
-    fn to_span_data(&self, scope: &InstrumentationScope) -> SpanData;
+/// One attribute value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attr<'a> {
+    Str(&'a str),
+    Int(i64),
 }
 
-impl ToSpanData for SpanRecord {
-    fn to_span_data(&self, scope: &InstrumentationScope) -> SpanData {
-        let context = otel::SpanContext::new(
-            otel::TraceId::from_bytes(self.trace_id.to_bytes()),
-            otel::SpanId::from_bytes(self.span_id.to_bytes()),
-            TraceFlags::SAMPLED,
-            false,
-            otel::TraceState::NONE,
-        );
-        SpanData {
-            span_context: context,
-            parent_span_id: otel::SpanId::from_bytes(
-                self.parent_span_id.unwrap_or(SpanId::INVALID).to_bytes(),
-            ),
-            parent_span_is_remote: self.parent_span_id.is_some(),
-            span_kind: match self.kind {
-                SpanKind::Server => otel::SpanKind::Server,
-                SpanKind::Client => otel::SpanKind::Client,
-            },
-            name: self.name(),
-            start_time: self.start,
-            end_time: self.end.max(self.start),
-            attributes: self.attributes(),
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: self.otel_status(),
-            instrumentation_scope: scope.clone(),
-        }
-    }
+/// The span's status (OTLP `Status`): unset, or an error with the proxy's reason if it had one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanStatus {
+    Unset,
+    Error(Option<ProxyError>),
 }
 
 /// RFC 9110's methods (and PATCH) by name; `None` for extension methods.
