@@ -12,9 +12,20 @@ use std::time::Duration;
 use super::redact::MAX_DIGEST_LEN;
 use super::{AccessRecord, Captured, LoggedHeader, Redact};
 
+/// `,"name":` as one literal: one copy per key.
+macro_rules! key {
+    ($out:expr, $name:literal) => {
+        $out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())
+    };
+}
+
+/// Room for a typical line, reserved once so the appends below do not each grow the buffer.
+const TYPICAL_LINE: usize = 768;
+
 /// Appends `record` as one line of JSON, newline included.
 pub fn write_json(record: &AccessRecord, out: &mut Vec<u8>) {
     let f = &*record.format;
+    out.reserve(TYPICAL_LINE);
     out.extend_from_slice(b"{\"start_time\":\"");
     start_time(out, record.start);
     out.extend_from_slice(b"\",\"duration_ms\":");
@@ -24,31 +35,31 @@ pub fn write_json(record: &AccessRecord, out: &mut Vec<u8>) {
         Some(d) => millis(out, d),
         None => out.extend_from_slice(b"null"),
     }
-    key(out, "listener");
+    key!(out, "listener");
     string(out, f.listener.as_bytes());
-    key(out, "request_id");
+    key!(out, "request_id");
     opt_string(
         out,
         record.request_id.as_ref().map(|id| id.as_str().as_bytes()),
     );
     // Hex digits need no escaping.
-    key(out, "trace_id");
+    key!(out, "trace_id");
     match &record.trace_id {
         Some(t) => quoted(out, &t.to_hex()),
         None => out.extend_from_slice(b"null"),
     }
-    key(out, "span_id");
+    key!(out, "span_id");
     match &record.span_id {
         Some(s) => quoted(out, &s.to_hex()),
         None => out.extend_from_slice(b"null"),
     }
-    key(out, "client");
+    key!(out, "client");
     opt_addr(out, record.client);
-    key(out, "method");
+    key!(out, "method");
     string(out, record.method.as_str().as_bytes());
-    key(out, "authority");
+    key!(out, "authority");
     opt_string(out, record.authority.as_ref().map(|a| a.as_bytes()));
-    key(out, "path");
+    key!(out, "path");
     opt_string(
         out,
         record.path.as_ref().map(|p| {
@@ -59,38 +70,50 @@ pub fn write_json(record: &AccessRecord, out: &mut Vec<u8>) {
             }
         }),
     );
-    key(out, "protocol");
+    key!(out, "protocol");
     match crate::trace::protocol_version(record.version) {
         Some(v) => {
-            let _ = write!(out, "\"HTTP/{v}\"");
+            out.extend_from_slice(b"\"HTTP/");
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
-    key(out, "status");
+    key!(out, "status");
     match record.status {
         Some(s) => int(out, u64::from(s.as_u16())),
         None => out.extend_from_slice(b"null"),
     }
-    key(out, "flags");
-    let _ = write!(out, "\"{}\"", record.flags);
+    key!(out, "flags");
+    out.push(b'"');
+    if record.flags.is_empty() {
+        out.push(b'-');
+    }
+    for (i, code) in record.flags.codes().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(code.as_bytes());
+    }
+    out.push(b'"');
     out.extend_from_slice(b",\"bytes_in\":");
     int(out, record.bytes_in);
     out.extend_from_slice(b",\"bytes_out\":");
     int(out, record.bytes_out);
-    key(out, "route");
+    key!(out, "route");
     opt_string(out, record.route.as_deref().map(str::as_bytes));
-    key(out, "backend");
+    key!(out, "backend");
     opt_string(out, record.backend.as_deref().map(str::as_bytes));
-    key(out, "endpoint");
+    key!(out, "endpoint");
     opt_addr(out, record.endpoint);
     out.extend_from_slice(b",\"attempts\":");
     int(out, u64::from(record.attempts));
     if !f.request_headers.is_empty() {
-        key(out, "request_headers");
+        key!(out, "request_headers");
         headers(out, &f.request_headers, &record.request_headers, &f.hasher);
     }
     if !f.response_headers.is_empty() {
-        key(out, "response_headers");
+        key!(out, "response_headers");
         headers(
             out,
             &f.response_headers,
@@ -99,12 +122,6 @@ pub fn write_json(record: &AccessRecord, out: &mut Vec<u8>) {
         );
     }
     out.extend_from_slice(b"}\n");
-}
-
-fn key(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
 }
 
 /// Milliseconds with microsecond precision, e.g. `12.345`, from integers (no float rounding).
@@ -127,22 +144,8 @@ fn int(out: &mut Vec<u8>, n: u64) {
 
 fn opt_addr(out: &mut Vec<u8>, addr: Option<std::net::SocketAddr>) {
     match addr {
-        Some(std::net::SocketAddr::V4(a)) => {
-            out.push(b'"');
-            for (i, octet) in a.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                int(out, u64::from(*octet));
-            }
-            out.push(b':');
-            int(out, u64::from(a.port()));
-            out.push(b'"');
-        }
-        Some(a) => {
-            // `Vec<u8>`'s `Write` cannot fail.
-            let _ = write!(out, "\"{a}\"");
-        }
+        // Digits, dots, colons and brackets: nothing to escape.
+        Some(a) => quoted(out, crate::trace::AddrText::new().format(a).as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
 }

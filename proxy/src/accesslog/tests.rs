@@ -164,6 +164,20 @@ fn a_bare_line_has_nulls_and_no_header_objects() {
 }
 
 #[test]
+fn addresses_of_both_families() {
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    let log = log(bare, 1.0);
+    let mut r = log.record(SystemTime::UNIX_EPOCH);
+    r.client = Some("[2001:db8::1%7]:443".parse().unwrap());
+    r.endpoint = Some("255.255.255.255:65535".parse().unwrap());
+    let (text, v) = line(&r);
+    assert_eq!(v["client"], "[2001:db8::1%7]:443", "{text}");
+    assert_eq!(v["endpoint"], "255.255.255.255:65535", "{text}");
+    r.endpoint = Some("0.0.0.0:0".parse().unwrap());
+    assert_eq!(line(&r).1["endpoint"], "0.0.0.0:0");
+}
+
+#[test]
 fn the_query_is_logged_only_when_asked() {
     let log = log(format(true), 1.0);
     let (_, v) = line(&full_record(&log));

@@ -203,15 +203,8 @@ impl SpanRecord {
             f("tern.backend", Attr::Str(b));
         }
         if let Some(e) = self.endpoint {
-            // The longest socket address, `[v6%scope]:port`, is 58 bytes.
-            let mut buf = [0u8; 64];
-            let mut rest = &mut buf[..];
-            if write!(rest, "{e}").is_ok() {
-                let len = 64 - rest.len();
-                if let Ok(text) = std::str::from_utf8(&buf[..len]) {
-                    f("tern.endpoint", Attr::Str(text));
-                }
-            }
+            let mut buf = AddrText::new();
+            f("tern.endpoint", Attr::Str(buf.format(e)));
         }
         f("tern.retries", Attr::Int(i64::from(self.retries)));
         if let Some(e) = self.error {
@@ -222,6 +215,53 @@ impl SpanRecord {
                 || (status.is_client_error() && self.kind == SpanKind::Client))
         {
             f("error.type", Attr::Str(status.as_str()));
+        }
+    }
+}
+
+/// `ip:port` formatted on the stack; IPv4 (the usual case) without `core::fmt`.
+pub(crate) struct AddrText {
+    // The longest socket address, `[v6%scope]:port`, is 58 bytes.
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl AddrText {
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn format(&mut self, addr: SocketAddr) -> &str {
+        self.len = 0;
+        match addr {
+            SocketAddr::V4(a) => {
+                for (i, octet) in a.ip().octets().iter().enumerate() {
+                    if i > 0 {
+                        self.put(b".");
+                    }
+                    self.put(itoa::Buffer::new().format(*octet).as_bytes());
+                }
+                self.put(b":");
+                self.put(itoa::Buffer::new().format(a.port()).as_bytes());
+            }
+            SocketAddr::V6(_) => {
+                let mut rest = &mut self.buf[..];
+                if write!(rest, "{addr}").is_ok() {
+                    self.len = 64 - rest.len();
+                }
+            }
+        }
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        // At most 21 bytes for IPv4: always fits.
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
         }
     }
 }
