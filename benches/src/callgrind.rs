@@ -73,6 +73,7 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
         TargetName::TernResilient,
         TargetName::TernTraced,
         TargetName::TernTraced1,
+        TargetName::TernSampled1,
         TargetName::TernMesh,
     ];
     if settings.peers {
@@ -227,7 +228,8 @@ fn start_hops(
         | TargetName::TernMesh
         | TargetName::TernResilient
         | TargetName::TernTraced
-        | TargetName::TernTraced1 => {
+        | TargetName::TernTraced1
+        | TargetName::TernSampled1 => {
             let names: &[&str] = if case == TargetName::TernMesh {
                 &["tern-server-sidecar", "tern-client-sidecar"]
             } else {
@@ -244,18 +246,12 @@ fn start_hops(
                     next,
                     "http1",
                     settings.workers,
-                    &match case {
-                        TargetName::TernResilient => crate::targets::TernLayers::Resilient,
-                        TargetName::TernTraced | TargetName::TernTraced1 => {
-                            crate::targets::TernLayers::Traced {
-                                ratio: if case == TargetName::TernTraced {
-                                    1.0
-                                } else {
-                                    0.01
-                                },
-                                log: crate::targets::tern_log_path(dir, name)?,
-                            }
-                        }
+                    &match (case, crate::targets::TernSampling::of(case)) {
+                        (TargetName::TernResilient, _) => crate::targets::TernLayers::Resilient,
+                        (_, Some(sampling)) => crate::targets::TernLayers::Traced {
+                            sampling,
+                            log: crate::targets::tern_log_path(dir, name)?,
+                        },
                         _ => crate::targets::TernLayers::Plain,
                     },
                 );

@@ -2,7 +2,7 @@
 //!
 //! Layout: `loadgen` is our load generator (hyper client; closed loop for throughput, open
 //! loop with intended-time latency); `backend` the fast fixed-body test server; `targets`
-//! one small struct per thing measured (direct, Tern in three shapes, Envoy, nginx, HAProxy)
+//! one small struct per thing measured (direct, Tern in several shapes, Envoy, nginx, HAProxy)
 //! and the child-process handling they share; `measure` the /proc readings; `compare` runs
 //! the interleaved rounds; `report` turns them into medians, ratios, goals, markdown and
 //! JSON; `callgrind` counts instructions per request. `benches/README.md` says what each

@@ -335,6 +335,9 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
     let haproxy = valid(Haproxy, h1);
     let mesh = valid(TernMesh, h1);
     let resilient = valid(TernResilient, h1);
+    let traced = valid(TernTraced, h1);
+    let traced1 = valid(TernTraced1, h1);
+    let sampled1 = valid(TernSampled1, h1);
     let h2 = valid(Tern, Protocol::Http2);
     let both = |a: Option<f64>, b: Option<f64>| a.zip(b);
     let ratio = |a: f64, b: f64| format!("{:.2}× ({a:.0} vs {b:.0})", a / b);
@@ -435,6 +438,27 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
         both(added(&resilient, |l| l.p99), added(&tern, |l| l.p99)),
         |r, t| r <= t + 10.0,
         |r, t| format!("{r:+.0} µs vs tern {t:+.0} µs"),
+    );
+    // Issue 5's cost of observability, read both ways at 1 %: tracing sampled with every
+    // request logged, and everything sampled.
+    goal(
+        "tern-traced throughput ≥ 0.85× tern's (100 % tracing + access log)".into(),
+        both(traced.throughput(), tern.throughput()),
+        |r, t| r >= 0.85 * t,
+        ratio,
+    );
+    goal(
+        "tern-traced-1pct throughput ≥ 0.95× tern's (1 % tracing, access log on every request)"
+            .into(),
+        both(traced1.throughput(), tern.throughput()),
+        |r, t| r >= 0.95 * t,
+        ratio,
+    );
+    goal(
+        "tern-sampled-1pct throughput ≥ 0.95× tern's (1 % tracing, 1 % access log)".into(),
+        both(sampled1.throughput(), tern.throughput()),
+        |r, t| r >= 0.95 * t,
+        ratio,
     );
     goal(
         "HTTP/2 throughput within 10 % of HTTP/1.1".into(),
@@ -942,6 +966,42 @@ mod tests {
         };
         assert_eq!(goal("throughput ≥ 4× Envoy's"), Some(Some(true)));
         assert_eq!(goal("added p50"), Some(None));
+    }
+
+    #[test]
+    fn observability_goals_against_tern() {
+        let mut o = outcome(vec![
+            run(TargetName::Tern, vec![(None, load(40_000, 0, 0, 600.0))]),
+            run(
+                TargetName::TernTraced,
+                vec![(None, load(33_000, 0, 0, 700.0))],
+            ),
+            run(
+                TargetName::TernSampled1,
+                vec![(None, load(39_000, 0, 0, 610.0))],
+            ),
+        ]);
+        o.settings.targets = vec![
+            TargetName::Tern,
+            TargetName::TernTraced,
+            TargetName::TernSampled1,
+        ];
+        let r = build(machine(), o);
+        let goal = |name: &str| {
+            r.goals
+                .iter()
+                .find(|g| g.goal.starts_with(name))
+                .map(|g| g.met)
+        };
+        // 33k / 40k = 0.825 < 0.85; 39k / 40k = 0.975 ≥ 0.95; tern-traced-1pct was not run.
+        assert_eq!(goal("tern-traced throughput ≥ 0.85×"), Some(Some(false)));
+        assert_eq!(goal("tern-traced-1pct throughput ≥ 0.95×"), Some(None));
+        assert_eq!(
+            goal("tern-sampled-1pct throughput ≥ 0.95×"),
+            Some(Some(true))
+        );
+        let md = markdown(&r);
+        assert!(md.contains("| tern-sampled-1pct |"), "{md}");
     }
 
     #[test]

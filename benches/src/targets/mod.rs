@@ -3,7 +3,7 @@
 //!
 //! Every proxy is set up as the same plain reverse proxy: one listener on loopback, every
 //! request to the one backend, upstream keep-alive, no access log, `workers` worker threads
-//! (or processes), no other features.
+//! (or processes), no other features; the `tern-*` variants add only the layers they measure.
 
 mod direct;
 mod envoy;
@@ -42,17 +42,22 @@ pub enum TargetName {
     /// One Tern proxy with tracing at 100 % sampling and an access log: what observability
     /// costs when everything is recorded.
     TernTraced,
-    /// The same at 1 % sampling (the access log still on).
+    /// The same at 1 % sampling (the access log still on for every request).
     #[value(name = "tern-traced-1pct")]
     #[serde(rename = "tern-traced-1pct")]
     TernTraced1,
+    /// Tracing at 1 % sampling and the access log sampled at 1 % too: what observability
+    /// costs when everything is sampled.
+    #[value(name = "tern-sampled-1pct")]
+    #[serde(rename = "tern-sampled-1pct")]
+    TernSampled1,
     Envoy,
     Nginx,
     Haproxy,
 }
 
 impl TargetName {
-    pub const ALL: [TargetName; 10] = [
+    pub const ALL: [TargetName; 11] = [
         TargetName::Direct,
         TargetName::Tern,
         TargetName::TernAuto,
@@ -60,6 +65,7 @@ impl TargetName {
         TargetName::TernResilient,
         TargetName::TernTraced,
         TargetName::TernTraced1,
+        TargetName::TernSampled1,
         TargetName::Envoy,
         TargetName::Nginx,
         TargetName::Haproxy,
@@ -74,6 +80,7 @@ impl TargetName {
             TargetName::TernResilient => "tern-resilient",
             TargetName::TernTraced => "tern-traced",
             TargetName::TernTraced1 => "tern-traced-1pct",
+            TargetName::TernSampled1 => "tern-sampled-1pct",
             TargetName::Envoy => "envoy",
             TargetName::Nginx => "nginx",
             TargetName::Haproxy => "haproxy",
@@ -198,14 +205,13 @@ pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
             programs.tern.clone(),
             tern::Shape::Resilient,
         )),
-        TargetName::TernTraced => Box::new(tern::Tern::new(
-            programs.tern.clone(),
-            tern::Shape::Traced(1.0),
-        )),
-        TargetName::TernTraced1 => Box::new(tern::Tern::new(
-            programs.tern.clone(),
-            tern::Shape::Traced(0.01),
-        )),
+        TargetName::TernTraced | TargetName::TernTraced1 | TargetName::TernSampled1 => {
+            let sampling = tern::Sampling::of(name).expect("a traced target has a sampling");
+            Box::new(tern::Tern::new(
+                programs.tern.clone(),
+                tern::Shape::Traced(sampling),
+            ))
+        }
         TargetName::Envoy => Box::new(envoy::Envoy {
             bin: programs.envoy.clone(),
         }),
@@ -257,4 +263,7 @@ fn installed(bin: &Option<PathBuf>, what: &str, install: &str) -> Result<PathBuf
 
 pub use haproxy::config as haproxy_config;
 pub use nginx::{args as nginx_args, config as nginx_config};
-pub use tern::{Layers as TernLayers, config as tern_config, log_path as tern_log_path};
+pub use tern::{
+    Layers as TernLayers, Sampling as TernSampling, config as tern_config,
+    log_path as tern_log_path,
+};

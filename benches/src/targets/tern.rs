@@ -1,5 +1,6 @@
-//! `tern`, `tern-auto`, `tern-mesh`, `tern-resilient`: the proxy under test, one or two in a
-//! row, plain or with the resilience layers configured.
+//! `tern`, `tern-auto`, `tern-mesh`, `tern-resilient`, `tern-traced`, `tern-traced-1pct`,
+//! `tern-sampled-1pct`: the proxy under test, one or two in a row, plain or with the
+//! resilience or observability layers configured.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,8 +23,56 @@ pub enum Shape {
     /// One proxy, the route with retries, a timeout and a rate limit that never limits, the
     /// backend with outlier detection.
     Resilient,
-    /// One proxy with tracing at this sampling ratio and an access log.
-    Traced(f64),
+    /// One proxy with tracing and an access log, each sampled as given.
+    Traced(Sampling),
+}
+
+/// What a traced set-up records: the share of new traces sampled and the share of requests
+/// given an access-log line, each 0 to 1 (the two are drawn independently by the proxy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub tracing: f64,
+    pub access_log: f64,
+}
+
+impl Sampling {
+    /// The sampling of a traced target; `None` for the others.
+    pub fn of(name: TargetName) -> Option<Sampling> {
+        let (tracing, access_log) = match name {
+            // Everything recorded.
+            TargetName::TernTraced => (1.0, 1.0),
+            // Tracing sampled, every request logged.
+            TargetName::TernTraced1 => (0.01, 1.0),
+            // Both sampled at 1 %.
+            TargetName::TernSampled1 => (0.01, 0.01),
+            _ => return None,
+        };
+        Some(Sampling {
+            tracing,
+            access_log,
+        })
+    }
+
+    /// The target this sampling is (the inverse of [`Sampling::of`]).
+    fn target(self) -> TargetName {
+        if self.tracing >= 1.0 {
+            TargetName::TernTraced
+        } else if self.access_log >= 1.0 {
+            TargetName::TernTraced1
+        } else {
+            TargetName::TernSampled1
+        }
+    }
+}
+
+/// A ratio as a percentage for notes: `100 %`, `1 %`, `0.5 %`.
+fn percent(ratio: f64) -> String {
+    let p = ratio * 100.0;
+    if (p - p.round()).abs() < 1e-9 {
+        format!("{p:.0} %")
+    } else {
+        format!("{p} %")
+    }
 }
 
 pub struct Tern {
@@ -62,10 +111,11 @@ pub enum Layers {
     Plain,
     /// Retry, timeout, rate-limit, breaker and outlier layers, none of which fire.
     Resilient,
-    /// Tracing at `ratio` (spans exported to a collector that is down: built, queued, then
-    /// dropped and counted) and an access-log line per request into `log`.
+    /// Tracing at `sampling.tracing` (spans exported to a collector that is down: built,
+    /// queued, then dropped and counted) and an access log into `log` with a line for the
+    /// `sampling.access_log` share of requests.
     Traced {
-        ratio: f64,
+        sampling: Sampling,
         log: std::path::PathBuf,
     },
 }
@@ -85,13 +135,15 @@ pub fn config(
         _ => ("", ""),
     };
     let (top, listener) = match layers {
-        Layers::Traced { ratio, log } => (
+        Layers::Traced { sampling, log } => (
             format!(
-                "tracing: {{ otlp: {{ endpoint: \"http://127.0.0.1:9\" }}, sampling_ratio: {ratio} }}\n"
+                "tracing: {{ otlp: {{ endpoint: \"http://127.0.0.1:9\" }}, sampling_ratio: {} }}\n",
+                sampling.tracing
             ),
             format!(
-                "\n    access_log: {{ path: {:?}, request_headers: [{{ name: x-user-id }}] }}",
-                log.display().to_string()
+                "\n    access_log: {{ path: {:?}, sampling_ratio: {}, request_headers: [{{ name: x-user-id }}] }}",
+                log.display().to_string(),
+                sampling.access_log
             ),
         ),
         _ => (String::new(), String::new()),
@@ -177,8 +229,7 @@ impl Target for Tern {
             Shape::Auto => TargetName::TernAuto,
             Shape::Mesh => TargetName::TernMesh,
             Shape::Resilient => TargetName::TernResilient,
-            Shape::Traced(r) if r >= 1.0 => TargetName::TernTraced,
-            Shape::Traced(_) => TargetName::TernTraced1,
+            Shape::Traced(s) => s.target(),
         }
     }
 
@@ -202,9 +253,14 @@ impl Target for Tern {
             Shape::Resilient => format!(
                 "listener `{listener}`, upstream `{upstream}`; route with timeout, retries and a rate limit that never limits, backend with outlier detection"
             ),
-            Shape::Traced(r) => format!(
-                "listener `{listener}`, upstream `{upstream}`; tracing at {:.0} % sampling (collector down: spans built, queued, dropped and counted) and an access-log line per request to a file",
-                r * 100.0
+            Shape::Traced(s) => format!(
+                "listener `{listener}`, upstream `{upstream}`; tracing at {} sampling (collector down: spans built, queued, dropped and counted) and an access log to a file, {}",
+                percent(s.tracing),
+                if s.access_log >= 1.0 {
+                    "a line per request".to_owned()
+                } else {
+                    format!("{} of requests logged", percent(s.access_log))
+                }
             ),
             _ => format!("listener `{listener}`, upstream `{upstream}`"),
         })
@@ -223,8 +279,8 @@ impl Target for Tern {
             let (admin, listen) = (free_addr()?, free_addr()?);
             let layers = match self.shape {
                 Shape::Resilient => Layers::Resilient,
-                Shape::Traced(ratio) => Layers::Traced {
-                    ratio,
+                Shape::Traced(sampling) => Layers::Traced {
+                    sampling,
                     log: log_path(setup.dir, name)?,
                 },
                 _ => Layers::Plain,
@@ -259,5 +315,49 @@ impl Target for Tern {
             || probe_ok(&endpoint, setup.protocol),
         )?;
         Ok(Running { endpoint, procs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proxy::config::{Config, validate};
+
+    /// Each traced target's config is one the proxy accepts, with the sampling it is named for.
+    #[test]
+    fn traced_configs_parse_with_their_sampling() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        for name in TargetName::ALL {
+            let Some(sampling) = Sampling::of(name) else {
+                continue;
+            };
+            assert_eq!(sampling.target(), name);
+            let layers = Layers::Traced {
+                sampling,
+                log: PathBuf::from("/tmp/tern-benches-test/access.log"),
+            };
+            let text = config(addr(1), addr(2), "http1", addr(3), "http1", 1, &layers);
+            let parsed = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+            validate(&parsed).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+            let tracing = parsed.tracing.as_ref().expect("tracing configured");
+            assert_eq!(tracing.sampling_ratio, sampling.tracing, "{name}");
+            let log = parsed.listeners[0]
+                .access_log
+                .as_ref()
+                .expect("access log configured");
+            assert_eq!(log.sampling_ratio, sampling.access_log, "{name}");
+        }
+        let of = |n| Sampling::of(n).map(|s| (s.tracing, s.access_log));
+        assert_eq!(of(TargetName::TernTraced), Some((1.0, 1.0)));
+        assert_eq!(of(TargetName::TernTraced1), Some((0.01, 1.0)));
+        assert_eq!(of(TargetName::TernSampled1), Some((0.01, 0.01)));
+        assert_eq!(of(TargetName::Tern), None);
+    }
+
+    #[test]
+    fn percentages() {
+        assert_eq!(percent(1.0), "100 %");
+        assert_eq!(percent(0.01), "1 %");
+        assert_eq!(percent(0.005), "0.5 %");
     }
 }
