@@ -1,5 +1,5 @@
 //! Access logs: one JSON line per request, with the configured business headers (optionally
-//! redacted), written off the request path through a bounded queue.
+//! redacted), formatted on the request worker into a shared buffer that a writer task writes.
 //!
 //! # Model
 //!
@@ -11,13 +11,16 @@
 //! - **On the request path** the exchange fills an [`AccessRecord`]: times, ids, addresses, the
 //!   request line, status, [`ResponseFlags`], byte counts, where it went and how many tries it
 //!   took, and the configured headers' values ([`Captured`]). Every field is a copy or a
-//!   reference-counted clone of what the request path already holds; nothing is formatted
-//!   there. [`LogSink::submit`] hands the record over with `try_send`: never a wait; when the
-//!   queue is full the line is dropped and counted.
-//! - **The writer task** (on the control runtime) takes records in batches, formats them as
-//!   JSON lines into one reused buffer (no allocation per line once warm), redacts as
-//!   configured ([`Redact`]: a keyed SHA-256 digest, or just the fact the header was there),
-//!   and writes the batch with one `write` to stdout or an append-only file.
+//!   reference-counted clone of what the request path already holds.
+//! - **At the end of the exchange**, [`LogSink::submit`] formats the record as a JSON line
+//!   ([`write_json`]: no allocation per line once the buffer is warm), redacting as configured
+//!   ([`Redact`]: a keyed SHA-256 digest, or just the fact the header was there), into the
+//!   calling thread's shard of the output's buffer; the record is then dropped where it was
+//!   built. Never a wait: when the shard is full (the output is slower than the traffic) the
+//!   line is dropped and counted.
+//! - **The writer task** (on the control runtime) sweeps the shards every 20 ms while lines
+//!   come (sooner when a shard fills up; it sleeps with no timer when none do) and writes each
+//!   shard's lines with one write, to stdout or an append-only file. See the `writer` module.
 //! - **Sampling** (`sample` below 1) is decided when the request starts, so an unsampled
 //!   request costs one random number and nothing else.
 //!
@@ -29,8 +32,11 @@
 //! [`AccessLog::sample`]: one `fastrand` draw (none at ratio 1). [`AccessLog::record`]: one
 //! reference-count increment (the format). [`AccessLog::capture_request`] /
 //! [`AccessLog::capture_response`]: one header-map lookup per configured header and a
-//! reference-count increment per value found. [`LogSink::submit`]: a `try_send` (a few
-//! atomics); the record is a fixed-size struct of about a kilobyte, moved, not boxed.
+//! reference-count increment per value found. [`LogSink::submit`]: the line's formatting,
+//! HMAC redaction included (≈ 600 ns with an HMAC), under an uncontended lock of this thread's
+//! shard (a compare-and-swap and a swap); a notify only for the first line after a quiet spell
+//! or when a shard passes 256 KiB. The record, a fixed-size struct of about a kilobyte, is
+//! formatted where it lies, not moved, and dropped on the worker.
 
 #[cfg(test)]
 mod tests;
@@ -58,7 +64,11 @@ use crate::trace::{Host, SpanId, TraceId};
 /// The most request headers (and, separately, response headers) one listener may log.
 pub const MAX_CAPTURED: usize = 8;
 
-/// Records queued per output before lines are dropped.
+/// Lines an output's buffer holds per worker thread (per shard) between two sweeps of its
+/// writer before that thread's lines are dropped. The writer sweeps every 20 ms under load, so
+/// this is headroom for a slow or stalled output (a disk that hangs, a stdout nobody reads), not
+/// for normal traffic. Bounds the memory of a stalled output at about 8 shards × this × the line
+/// size (a few hundred bytes, more with captured headers).
 pub const QUEUE_SIZE: usize = 8192;
 
 /// Envoy-style response flags: why the exchange went the way it did, beyond its status.
@@ -367,8 +377,9 @@ impl AccessLog {
         Captured::capture(&self.format.response_headers, headers)
     }
 
-    /// Queues the line; never waits. Returns whether it was queued.
-    pub fn submit(&self, record: AccessRecord) -> bool {
+    /// Formats the line into the output's buffer; never waits. Returns whether it was taken
+    /// (else it was dropped and counted). The caller drops the record.
+    pub fn submit(&self, record: &AccessRecord) -> bool {
         self.sink.submit(record)
     }
 }
