@@ -7,14 +7,15 @@
 //! (`listener`), detect the protocol (`detect`), and serve HTTP (`http`: server, the request
 //! path in `http::proxy`, the upstream `http::pool`) or opaque TCP (`tcp`). Routing is
 //! `router`, the weighted canary pick is `split`, failures map to responses in `error`.
-//! Resilience, landing in steps: `breaker` (per-backend limits, outlier ejection),
-//! `balance` (P2C over peak-EWMA, round robin, least request), `retry` (policy, backoff,
-//! budget) and `ratelimit` (governor token buckets, keyed with bounded memory) are IO-free
-//! and unit-tested, not yet on the request path.
-//! Observability, landing the same way (IO-free cores, not yet on the request path): `reqid`
-//! (keep or make `x-request-id`), `trace` (W3C and B3 propagation, sampling, span records, OTLP
-//! export through a bounded queue), `accesslog` (JSON lines with redacted business headers,
-//! written through a bounded queue).
+//! Resilience: `breaker` (per-backend limits, outlier ejection), `balance` (P2C over
+//! peak-EWMA, round robin, least request), `retry` (policy, backoff, budget) and `ratelimit`
+//! (governor token buckets, keyed with bounded memory) are IO-free cores that `http::exchange`
+//! and `http::proxy` apply per request.
+//! Observability: `reqid` (keep or make `x-request-id`), `trace` (W3C and B3 propagation,
+//! sampling, span records, OTLP protobuf written from them and exported in batches from a
+//! bounded queue), `accesslog` (JSON lines with redacted business headers, formatted on the
+//! worker into bounded per-thread buffers that a writer task empties), applied per request by
+//! `http::observe`; `metrics` is the Prometheus registry.
 //! `docs/request-lifecycle.md` draws a request's way through these.
 #![cfg_attr(
     not(test),

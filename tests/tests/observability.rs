@@ -1177,7 +1177,7 @@ async fn request_ids_are_kept_or_made_echoed_and_passed_upstream() {
     assert_eq!(response.header("x-correlation-id"), None, "echo: false");
 }
 
-/// A reload that drops a listener's access log closes the file (its writer finishes its queue
+/// A reload that drops a listener's access log closes the file (its writer writes what it holds
 /// first): the log can be moved away or deleted without the proxy holding it open.
 #[tokio::test]
 async fn a_reload_without_the_access_log_closes_its_file() {
