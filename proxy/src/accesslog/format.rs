@@ -145,7 +145,7 @@ fn int(out: &mut Vec<u8>, n: u64) {
 fn opt_addr(out: &mut Vec<u8>, addr: Option<std::net::SocketAddr>) {
     match addr {
         // Digits, dots, colons and brackets: nothing to escape.
-        Some(a) => quoted(out, crate::trace::AddrText::new().format(a).as_bytes()),
+        Some(a) => quoted(out, crate::trace::AddrText::new().format_bytes(a)),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -230,11 +230,37 @@ const PLAIN: [bool; 256] = {
     t
 };
 
+/// Whether every byte is [`PLAIN`]: eight at a time (bit tricks on a `u64`: any byte below
+/// 0x20, above 0x7e, or equal to `"` or `\\`), the tail by the table.
+pub(super) fn plain(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = ONES * 0x80;
+    /// High bit set in each byte of `x` that is zero (exact as a whole: some byte is zero).
+    const fn zero_bytes(x: u64) -> u64 {
+        x.wrapping_sub(ONES) & !x
+    }
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            return false;
+        };
+        let x = u64::from_le_bytes(word);
+        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        let high = x.wrapping_add(ONES) | x;
+        let quote = zero_bytes(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero_bytes(x ^ (ONES * u64::from(b'\\')));
+        if (control | high | quote | backslash) & HIGHS != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| PLAIN[usize::from(b)])
+}
+
 fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     // The common case: nothing to escape, one copy.
-    if bytes.iter().all(|&b| PLAIN[usize::from(b)]) {
+    if plain(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;

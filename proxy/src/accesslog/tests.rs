@@ -836,3 +836,39 @@ fn lines_racing_the_writer_into_its_park_are_not_stranded() {
     );
     assert_eq!((stats.written(), stats.dropped()), (20_000, 0));
 }
+
+#[test]
+fn the_word_at_a_time_plain_check_agrees_with_the_table() {
+    let by_table = |b: &[u8]| {
+        b.iter()
+            .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+    };
+    // Every byte value at every position of a 16-byte plain string (both words and the tail).
+    let base = *b"abcdefghijklmnopq";
+    for pos in 0..base.len() {
+        for value in 0..=255u8 {
+            let mut s = base;
+            s[pos] = value;
+            assert_eq!(
+                super::format::plain(&s),
+                by_table(&s),
+                "byte {value:#04x} at {pos}"
+            );
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..20_000 {
+        let len = rng.usize(0..40);
+        // Mostly printable, sometimes anything.
+        let s: Vec<u8> = (0..len)
+            .map(|_| {
+                if rng.u8(..) < 8 {
+                    rng.u8(..)
+                } else {
+                    rng.u8(0x20..0x7f)
+                }
+            })
+            .collect();
+        assert_eq!(super::format::plain(&s), by_table(&s), "{s:?}");
+    }
+}

@@ -234,18 +234,24 @@ impl AddrText {
         }
     }
 
+    /// The text as UTF-8 (it is ASCII by construction).
     pub(crate) fn format(&mut self, addr: SocketAddr) -> &str {
+        std::str::from_utf8(self.format_bytes(addr)).unwrap_or_default()
+    }
+
+    /// The text's bytes: for writers that take bytes (the access log), no UTF-8 check.
+    pub(crate) fn format_bytes(&mut self, addr: SocketAddr) -> &[u8] {
         self.len = 0;
         match addr {
             SocketAddr::V4(a) => {
-                for (i, octet) in a.ip().octets().iter().enumerate() {
+                for (i, octet) in a.ip().octets().into_iter().enumerate() {
                     if i > 0 {
-                        self.put(b".");
+                        self.push(b'.');
                     }
-                    self.put(itoa::Buffer::new().format(*octet).as_bytes());
+                    self.decimal(u32::from(octet));
                 }
-                self.put(b":");
-                self.put(itoa::Buffer::new().format(a.port()).as_bytes());
+                self.push(b':');
+                self.decimal(u32::from(a.port()));
             }
             SocketAddr::V6(_) => {
                 let mut rest = &mut self.buf[..];
@@ -254,14 +260,27 @@ impl AddrText {
                 }
             }
         }
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        &self.buf[..self.len]
     }
 
-    fn put(&mut self, bytes: &[u8]) {
-        // At most 21 bytes for IPv4: always fits.
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            dst.copy_from_slice(bytes);
-            self.len += bytes.len();
+    /// A number below 100,000 (an octet or a port), without leading zeros. IPv4 text is at
+    /// most 21 bytes: it always fits, and `push` drops rather than panics regardless.
+    fn decimal(&mut self, n: u32) {
+        let mut started = false;
+        for div in [10_000, 1_000, 100, 10] {
+            let digit = (n / div % 10) as u8;
+            started |= digit != 0;
+            if started {
+                self.push(b'0' + digit);
+            }
+        }
+        self.push(b'0' + (n % 10) as u8);
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
         }
     }
 }
