@@ -1217,3 +1217,52 @@ async fn a_reload_without_the_access_log_closes_its_file() {
     assert_eq!(http1_client().get(&proxy.url("web", "/")).await.status, 200);
     assert_eq!(log.lines().len(), 1);
 }
+
+/// `bytes_in` is the request body bytes the proxy received: counted as a streamed upload
+/// passes (no Content-Length to trust), the length of a sized one, 0 for a request the proxy
+/// answered without reading its body.
+#[tokio::test]
+async fn the_access_log_counts_request_body_bytes_as_they_stream() {
+    let app = TestBackend::echo("app").await;
+    let log = AccessLogFile::new();
+    let fields = format!(
+        "    access_log: {{path: {:?}}}\n",
+        log.path().display().to_string()
+    );
+    let proxy = Proxy::start(one_hop("", "web", &fields, "app", &app_at(app.addr()))).await;
+    let client = http1_client();
+
+    // Chunked: three chunks, no Content-Length.
+    let (sender, upload) = tern_e2e::body::channel();
+    let request = http::Request::post(proxy.url("web", "/upload"))
+        .header("x-request-id", "streamed-upload")
+        .body(upload)
+        .expect("request");
+    let uploading = tokio::spawn(async move {
+        let response = http1_client().request(request).await.expect("response");
+        TestResponse::collect(response).await.expect("body")
+    });
+    for chunk in [1000usize, 24, 3000] {
+        assert!(sender.send(vec![b'x'; chunk]).await);
+    }
+    drop(sender);
+    let response = uploading.await.expect("upload task");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echo().body_len(), 4024);
+    let line = log.wait_for_request("streamed-upload", DEADLINE).await;
+    assert_eq!(line["bytes_in"], 4024, "{line}");
+
+    // Sized.
+    let response = client
+        .send(
+            "PUT",
+            &proxy.url("web", "/sized"),
+            &[("x-request-id", "sized-upload")],
+            vec![b'y'; 777],
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    let line = log.wait_for_request("sized-upload", DEADLINE).await;
+    assert_eq!(line["bytes_in"], 777, "{line}");
+    assert!(line["bytes_out"].as_u64().is_some_and(|n| n > 0), "{line}");
+}

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +26,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum RequestBody {
     Empty,
     Incoming(Incoming),
+    /// The client's stream, its data bytes counted as they pass (for the access log's
+    /// `bytes_in` of a logged request).
+    Counted(Incoming, Arc<AtomicU64>),
     Full(Option<Bytes>),
 }
 
@@ -38,6 +43,15 @@ impl Body for RequestBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Self::Counted(b, n) => {
+                let frame = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &frame
+                    && let Some(data) = f.data_ref()
+                {
+                    n.fetch_add(data.len() as u64, Relaxed);
+                }
+                frame
+            }
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -45,7 +59,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::Incoming(b) => b.is_end_stream(),
+            Self::Incoming(b) | Self::Counted(b, _) => b.is_end_stream(),
             Self::Full(d) => d.is_none(),
         }
     }
@@ -53,7 +67,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Empty => SizeHint::with_exact(0),
-            Self::Incoming(b) => b.size_hint(),
+            Self::Incoming(b) | Self::Counted(b, _) => b.size_hint(),
             Self::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
@@ -63,6 +77,43 @@ impl RequestBody {
     /// A replayable body: `None` or empty bytes send no body.
     pub fn full(bytes: Bytes) -> Self {
         Self::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// This body with its bytes counted: a streamed one gets a counter (one allocation, only
+    /// for logged requests that have a body), a whole one's length is known.
+    pub fn counted(self) -> (Self, BytesIn) {
+        match self {
+            Self::Incoming(b) if !b.is_end_stream() => {
+                let n = Arc::new(AtomicU64::new(0));
+                (Self::Counted(b, Arc::clone(&n)), BytesIn::Counting(n))
+            }
+            Self::Full(d) => {
+                let len = d.as_ref().map_or(0, |d| d.len() as u64);
+                (Self::Full(d), BytesIn::Known(len))
+            }
+            other => (other, BytesIn::Known(0)),
+        }
+    }
+}
+
+/// The request body bytes received from the client, for the access log.
+#[derive(Debug, Clone, Default)]
+pub enum BytesIn {
+    /// Not counted (the request is not logged, or its body was never read).
+    #[default]
+    Unknown,
+    Known(u64),
+    /// Read as the body streams upstream; final when the exchange ends.
+    Counting(Arc<AtomicU64>),
+}
+
+impl BytesIn {
+    pub fn get(&self) -> u64 {
+        match self {
+            Self::Unknown => 0,
+            Self::Known(n) => *n,
+            Self::Counting(n) => n.load(Relaxed),
+        }
     }
 }
 

@@ -150,8 +150,8 @@ impl Replay {
         let body = match req.body() {
             RequestBody::Empty => None,
             RequestBody::Full(b) => b.clone(),
-            RequestBody::Incoming(b) if b.is_end_stream() => None,
-            RequestBody::Incoming(_) => return None,
+            RequestBody::Incoming(b) | RequestBody::Counted(b, _) if b.is_end_stream() => None,
+            RequestBody::Incoming(_) | RequestBody::Counted(..) => return None,
         };
         Some(rebuild(
             req.method(),

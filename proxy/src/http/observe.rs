@@ -92,6 +92,9 @@ pub struct ExchangeInfo {
     /// Retries were allowed but ran out (attempts or budget) on a failed try.
     pub retries_exhausted: bool,
     pub fault_delayed: bool,
+    /// Count the request body's bytes (the request is logged).
+    pub count_body: bool,
+    pub bytes_in: crate::http::body::BytesIn,
 }
 
 impl ExchangeInfo {
@@ -116,6 +119,7 @@ pub struct Pending {
     span: Option<(SpanRecord, SpanSink)>,
     log: Option<(AccessRecord, LogSink)>,
     bytes_out: u64,
+    bytes_in: crate::http::body::BytesIn,
 }
 
 impl Observe {
@@ -168,7 +172,6 @@ impl Observe {
             r.authority = host;
             r.path = path;
             r.version = req.version();
-            r.bytes_in = content_length(req.headers()).unwrap_or(0);
             (r, l.sink().clone())
         });
         Started {
@@ -179,6 +182,7 @@ impl Observe {
                 span,
                 log,
                 bytes_out: 0,
+                bytes_in: crate::http::body::BytesIn::Unknown,
             })),
         }
     }
@@ -215,6 +219,7 @@ impl Observe {
             r.endpoint = info.endpoint;
             r.attempts = info.attempts;
             r.upstream = info.upstream();
+            pending.bytes_in = info.bytes_in.clone();
             if let Some(e) = info.error {
                 r.flags.insert(ResponseFlags::from_error(e));
             }
@@ -226,6 +231,13 @@ impl Observe {
             }
         }
         Some(pending)
+    }
+}
+
+impl Started {
+    /// Whether this request has an access-log line (so its body bytes are worth counting).
+    pub fn logged(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.log.is_some())
     }
 }
 
@@ -254,6 +266,7 @@ impl Pending {
         if let Some((r, sink)) = &mut self.log {
             r.duration = elapsed;
             r.bytes_out = bytes_out;
+            r.bytes_in = self.bytes_in.get();
             if let Some(e) = error {
                 r.flags.insert(ResponseFlags::from_error(e));
             }
@@ -263,15 +276,6 @@ impl Pending {
             sink.submit(r);
         }
     }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 impl std::fmt::Debug for Pending {

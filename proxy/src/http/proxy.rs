@@ -50,7 +50,10 @@ pub async fn handle(
     let in_flight = InFlight::new(&snap.in_flight);
     // Request id and trace context first: every later step, and the upstream, sees them.
     let started = snap.observe.start(&mut req, ctx.client, start);
-    let mut info = ExchangeInfo::default();
+    let mut info = ExchangeInfo {
+        count_body: started.logged(),
+        ..ExchangeInfo::default()
+    };
     let (mut resp, metrics) = match forward(req, &snap, &ctx, start, grpc, &mut info).await {
         Ok(ok) => ok,
         Err((e, m)) => {
@@ -277,6 +280,15 @@ async fn forward<'s>(
             },
         },
         _ => (req.map(RequestBody::Incoming), None),
+    };
+    // A logged request's body bytes: counted as they stream (tunnels are counted as TCP).
+    let req = if info.count_body && !upgrade {
+        let (parts, body) = req.into_parts();
+        let (body, bytes_in) = body.counted();
+        info.bytes_in = bytes_in;
+        Request::from_parts(parts, body)
+    } else {
+        req
     };
     if let Some(mirror) = &route.mirror
         && roll(mirror.ppm)
