@@ -43,6 +43,20 @@ pub struct Proxy {
     observe: Mutex<ObserveRuntime>,
 }
 
+/// A listener the new config adds, with its sockets (one per worker), bound but not serving.
+type FreshListener = (Arc<ListenerSnapshot>, Vec<std::net::TcpListener>);
+
+/// What [`Proxy::prepare_sinks`] did for a config not yet in place.
+#[derive(Default)]
+struct SinkChange {
+    /// `Some`: the config replaces the exporter with this one (or with none).
+    export: Option<Option<(crate::config::TracingSpec, crate::trace::export::SpanExport)>>,
+    /// The outputs whose writers ran before (kept if the config is refused).
+    running: Vec<crate::accesslog::Output>,
+    /// The outputs the config logs to (the others stop when it is in place).
+    in_use: Vec<crate::accesslog::Output>,
+}
+
 #[derive(Default)]
 struct ObserveRuntime {
     export: Option<(crate::config::TracingSpec, crate::trace::export::SpanExport)>,
@@ -95,32 +109,17 @@ impl Proxy {
             tracing::warn!(at = %w.path, "config warning: {}", w.message);
         }
         config::validate(&config)?;
-        let sinks = self.sinks_for(&config)?;
-        let snap = snapshot::compile(
-            config,
-            previous.as_deref(),
-            &self.shared,
-            version,
-            self.workers.len(),
-            &sinks,
-        )?;
-
-        // Bind every new listener before changing anything: a busy port refuses the config.
-        let mut fresh = Vec::new();
-        for l in &snap.listeners {
-            if live.contains_key(&(l.name.clone(), l.address)) {
-                continue;
-            }
-            let sockets = (0..self.workers.len())
-                .map(|_| listener::bind(l.address))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| ConfigError::Bind {
-                    name: l.name.clone(),
-                    address: l.address,
-                    source,
-                })?;
-            fresh.push((Arc::clone(l), sockets));
-        }
+        let (sinks, change) = self.prepare_sinks(&config)?;
+        // From here to the commit, a refusal must leave the running exporter and log writers
+        // as they were: the serving snapshot still hands its records to them.
+        let (snap, fresh) =
+            match self.compile_and_bind(config, previous.as_deref(), version, &sinks, &live) {
+                Ok(ok) => ok,
+                Err(e) => {
+                    self.abort_sinks(change);
+                    return Err(e);
+                }
+            };
 
         // Commit: update kept listeners, start new ones, stop removed ones.
         let keep: HashMap<(String, SocketAddr), &Arc<ListenerSnapshot>> = snap
@@ -163,7 +162,44 @@ impl Proxy {
         self.version.store(version, Ordering::Relaxed);
         self.shared.metrics.config_version.set(version as i64);
         self.current.store(Some(Arc::new(snap)));
+        self.commit_sinks(change);
         Ok(version)
+    }
+
+    /// The fallible half of `apply` after the sinks: the snapshot, and sockets for every new
+    /// listener (a busy port refuses the config before anything changes).
+    fn compile_and_bind(
+        &self,
+        config: Config,
+        previous: Option<&Snapshot>,
+        version: u64,
+        sinks: &Sinks,
+        live: &HashMap<(String, SocketAddr), LiveListener>,
+    ) -> Result<(Snapshot, Vec<FreshListener>), ConfigError> {
+        let snap = snapshot::compile(
+            config,
+            previous,
+            &self.shared,
+            version,
+            self.workers.len(),
+            sinks,
+        )?;
+        let mut fresh = Vec::new();
+        for l in &snap.listeners {
+            if live.contains_key(&(l.name.clone(), l.address)) {
+                continue;
+            }
+            let sockets = (0..self.workers.len())
+                .map(|_| listener::bind(l.address))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| ConfigError::Bind {
+                    name: l.name.clone(),
+                    address: l.address,
+                    source,
+                })?;
+            fresh.push((Arc::clone(l), sockets));
+        }
+        Ok((snap, fresh))
     }
 
     /// Applies `text` (a YAML document), counting the outcome in metrics and the log.
@@ -183,48 +219,53 @@ impl Proxy {
         result
     }
 
-    /// Stops accepting, drains connections (HTTP/2 clients get GOAWAY), and waits for them up
-    /// to the config's grace period.
-    /// Starts, keeps or replaces the span exporter and the access-log writers `config` needs,
-    /// and returns their queues. Without a tokio runtime (never the case in `run`) there are
-    /// none, and tracing and logging are off.
-    fn sinks_for(&self, config: &Config) -> Result<Sinks, ConfigError> {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Ok(Sinks::default());
-        };
-        let mut obs = match self.observe.lock() {
+    fn observe_state(&self) -> std::sync::MutexGuard<'_, ObserveRuntime> {
+        match self.observe.lock() {
             Ok(o) => o,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The span exporter and access-log writers `config` needs, and their queues: a running
+    /// exporter whose settings are unchanged and running writers are reused; a new exporter
+    /// or writer is started, but nothing running is stopped yet ([`Self::commit_sinks`] does,
+    /// once the config is in place; [`Self::abort_sinks`] undoes a refused one). Without a
+    /// tokio runtime (never the case in `run`) there are none, and tracing and logging are off.
+    fn prepare_sinks(&self, config: &Config) -> Result<(Sinks, SinkChange), ConfigError> {
+        let mut change = SinkChange::default();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Ok((Sinks::default(), change));
         };
+        let mut obs = self.observe_state();
         let mut sinks = Sinks::default();
         let same = match (&obs.export, &config.tracing) {
             (Some((running, _)), Some(wanted)) => running == wanted,
             (None, None) => true,
             _ => false,
         };
-        if !same {
-            if let Some((_, old)) = obs.export.take() {
-                runtime.spawn(async move {
-                    let _ = old.shutdown(Duration::from_secs(5)).await;
-                });
-            }
-            if let Some(spec) = &config.tracing {
-                match crate::trace::export::start(&spec.to_export_config(), &runtime) {
-                    Ok(export) => obs.export = Some((spec.clone(), export)),
+        if same {
+            sinks.spans = obs.export.as_ref().map(|(_, e)| e.sink());
+        } else {
+            let export = match &config.tracing {
+                Some(spec) => match crate::trace::export::start(&spec.to_export_config(), &runtime)
+                {
+                    Ok(export) => Some((spec.clone(), export)),
                     Err(e) => {
                         return Err(ConfigError::Invalid(vec![crate::config::Problem {
                             path: "tracing.otlp".into(),
                             message: format!("cannot start the span exporter: {e}"),
                         }]));
                     }
-                }
-            }
+                },
+                None => None,
+            };
+            sinks.spans = export.as_ref().map(|(_, e)| e.sink());
+            change.export = Some(export);
         }
-        sinks.spans = obs.export.as_ref().map(|(_, e)| e.sink());
-        let span_stats = obs.export.as_ref().map(|(_, e)| Arc::clone(e.stats()));
         let writers = obs
             .writers
             .get_or_insert_with(|| crate::accesslog::Writers::new(runtime.clone(), QUEUE_SIZE));
+        change.running = writers.iter().map(|(o, _)| o.clone()).collect();
         for (i, l) in config.listeners.iter().enumerate() {
             let Some(a) = &l.access_log else { continue };
             let output = a.output();
@@ -233,6 +274,8 @@ impl Proxy {
                     sinks.logs.insert(output, sink);
                 }
                 Err(e) => {
+                    drop(obs);
+                    self.abort_sinks(change);
                     return Err(ConfigError::Invalid(vec![crate::config::Problem {
                         path: format!("listeners[{i}].access_log.path"),
                         message: format!("cannot open {output}: {e}"),
@@ -240,9 +283,29 @@ impl Proxy {
                 }
             }
         }
-        // Writers of outputs no config names any more finish their queue and close.
-        let in_use: Vec<crate::accesslog::Output> = sinks.logs.keys().cloned().collect();
-        for w in writers.take_unused(&in_use) {
+        change.in_use = sinks.logs.keys().cloned().collect();
+        Ok((sinks, change))
+    }
+
+    /// The config is in place: the exporter it replaced and the writers it no longer names
+    /// finish their queues and stop; the metrics page follows the new ones.
+    fn commit_sinks(&self, change: SinkChange) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut obs = self.observe_state();
+        if let Some(export) = change.export
+            && let Some((_, old)) = std::mem::replace(&mut obs.export, export)
+        {
+            runtime.spawn(async move {
+                let _ = old.shutdown(Duration::from_secs(5)).await;
+            });
+        }
+        let span_stats = obs.export.as_ref().map(|(_, e)| Arc::clone(e.stats()));
+        let Some(writers) = obs.writers.as_mut() else {
+            return;
+        };
+        for w in writers.take_unused(&change.in_use) {
             runtime.spawn(w.shutdown(Duration::from_secs(5)));
         }
         self.shared.metrics.observe_stats(
@@ -252,9 +315,29 @@ impl Proxy {
                 .map(|(o, w)| (o.to_string(), Arc::clone(w.stats())))
                 .collect(),
         );
-        Ok(sinks)
     }
 
+    /// The config was refused: stop what [`Self::prepare_sinks`] started for it; the running
+    /// exporter and writers go on as if nothing happened.
+    fn abort_sinks(&self, change: SinkChange) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(Some((_, new))) = change.export {
+            runtime.spawn(async move {
+                let _ = new.shutdown(Duration::from_secs(1)).await;
+            });
+        }
+        let mut obs = self.observe_state();
+        if let Some(writers) = obs.writers.as_mut() {
+            for w in writers.take_unused(&change.running) {
+                runtime.spawn(w.shutdown(Duration::from_secs(1)));
+            }
+        }
+    }
+
+    /// Stops accepting, drains connections (HTTP/2 clients get GOAWAY), and waits for them up
+    /// to the config's grace period.
     pub async fn drain_and_wait(&self) {
         let grace = self
             .snapshot()
@@ -275,10 +358,7 @@ impl Proxy {
         }
         // Flush what the last requests recorded.
         let (export, writers) = {
-            let mut obs = match self.observe.lock() {
-                Ok(o) => o,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut obs = self.observe_state();
             (obs.export.take(), obs.writers.take())
         };
         if let Some((_, e)) = export {

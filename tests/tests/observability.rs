@@ -1266,3 +1266,66 @@ async fn the_access_log_counts_request_body_bytes_as_they_stream() {
     assert_eq!(line["bytes_in"], 777, "{line}");
     assert!(line["bytes_out"].as_u64().is_some_and(|n| n > 0), "{line}");
 }
+
+/// A reload refused late (a new listener's port is busy) after naming another collector and
+/// another access-log file changes nothing: spans still reach the running collector and lines
+/// the running file, because the exporter and writers are only swapped once a config is in
+/// place.
+#[tokio::test]
+async fn a_refused_reload_keeps_the_running_exporter_and_access_log() {
+    let receiver = OtlpReceiver::grpc().await;
+    let other_receiver = OtlpReceiver::grpc().await;
+    let app = TestBackend::echo("app").await;
+    let log = AccessLogFile::new();
+    let other_log = AccessLogFile::new();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_addr = busy.local_addr().expect("addr");
+    let config = |otlp: &str, log: &AccessLogFile, extra_listener: &str| {
+        let fields = format!(
+            "    access_log: {{path: {:?}}}\n",
+            log.path().display().to_string()
+        );
+        one_hop(
+            &tracing_yaml(otlp, "shop"),
+            "web",
+            &fields,
+            "app",
+            &app_at(app.addr()),
+        )
+        .replace("listeners:\n", &format!("listeners:\n{extra_listener}"))
+    };
+    let proxy = Proxy::start(config(&receiver.yaml(), &log, "")).await;
+    let get = async |id: &str| {
+        let response = http1_client()
+            .send("GET", &proxy.url("web", "/"), &[("x-request-id", id)], "")
+            .await;
+        assert_eq!(response.status, 200);
+    };
+    get("before").await;
+    log.wait_for_request("before", DEADLINE).await;
+    receiver.wait_for_spans(1, DEADLINE).await;
+
+    let refused = config(
+        &other_receiver.yaml(),
+        &other_log,
+        &format!(
+            "  - name: busy\n    address: {busy_addr}\n    routes: [{{name: b, backends: [{{name: app}}]}}]\n"
+        ),
+    );
+    proxy.write_config(&refused);
+    wait_for("the reload refused", DEADLINE, async || {
+        proxy
+            .metric("tern_config_reloads_total", &[("result", "failed")])
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(proxy.logs().contains("busy"), "{}", proxy.logs());
+
+    get("after").await;
+    log.wait_for_request("after", DEADLINE).await;
+    receiver.wait_for_spans(2, DEADLINE).await;
+    assert!(other_log.lines().is_empty(), "{:?}", other_log.lines());
+    assert_eq!(other_receiver.spans().len(), 0);
+    drop(busy);
+}
