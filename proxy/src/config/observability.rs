@@ -98,8 +98,9 @@ impl Default for RequestIdSpec {
     }
 }
 
-/// Headers the proxy manages itself, which cannot carry the request id.
-const RESERVED_HEADERS: [&str; 15] = [
+/// Headers the proxy manages itself, which cannot carry the request id (the trace headers,
+/// which it rewrites, too: see `trace::is_trace_header`).
+const RESERVED_HEADERS: [&str; 7] = [
     "host",
     "content-length",
     "content-type",
@@ -107,14 +108,6 @@ const RESERVED_HEADERS: [&str; 15] = [
     "connection",
     "te",
     "upgrade",
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
 ];
 
 impl RequestIdSpec {
@@ -126,7 +119,10 @@ impl RequestIdSpec {
     pub fn to_policy(&self) -> Result<RequestIds, String> {
         let header = HeaderName::from_bytes(self.header.as_bytes())
             .map_err(|_| format!("{:?} is not a header name", self.header))?;
-        if RESERVED_HEADERS.contains(&header.as_str()) || header == crate::error::ERROR_HEADER {
+        if RESERVED_HEADERS.contains(&header.as_str())
+            || crate::trace::is_trace_header(&header)
+            || header == crate::error::ERROR_HEADER
+        {
             return Err(format!(
                 "{header} is managed by the proxy and cannot carry the request id"
             ));

@@ -55,6 +55,7 @@ pub mod w3c;
 
 use std::fmt;
 
+pub(crate) use propagate::is_trace_header;
 pub use propagate::{
     Format, FormatSet, Incoming, Parent, Propagation, Sampling, TraceContext, extract,
 };

@@ -226,6 +226,11 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
     incoming
 }
 
+/// Whether `name` is one of the trace headers the proxy reads and rewrites.
+pub(crate) fn is_trace_header(name: &HeaderName) -> bool {
+    trace_header(name).is_some()
+}
+
 /// The index in `HEADERS` of a trace header's name.
 pub(super) fn trace_header(name: &HeaderName) -> Option<usize> {
     Some(match name.as_str() {
