@@ -104,6 +104,11 @@ fn record(n: u64) -> SpanRecord {
     r
 }
 
+/// An export to `rec` with a queue of `queue` and batches of `batch` every `delay`.
+fn running(rec: Recorder, queue: usize, batch: usize, delay: Duration) -> SpanExport {
+    start_with(rec, &config(queue, batch, delay), &Handle::current()).unwrap()
+}
+
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -115,12 +120,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 #[tokio::test]
 async fn spans_are_exported_in_batches_and_counted() {
     let rec = Recorder::default();
-    let export = start_with(
-        rec.clone(),
-        &config(64, 4, Duration::from_millis(20)),
-        &Handle::current(),
-    )
-    .unwrap();
+    let export = running(rec.clone(), 64, 4, Duration::from_millis(20));
     let sink = export.sink();
     for n in 0..10 {
         assert!(sink.submit(record(n)));
@@ -152,12 +152,7 @@ async fn spans_are_exported_in_batches_and_counted() {
 #[tokio::test]
 async fn a_stalled_collector_backs_up_into_the_counted_queue_and_nothing_waits() {
     let (rec, gate) = Recorder::gated();
-    let export = start_with(
-        rec.clone(),
-        &config(4, 2, Duration::from_millis(5)),
-        &Handle::current(),
-    )
-    .unwrap();
+    let export = running(rec.clone(), 4, 2, Duration::from_millis(5));
     let sink = export.sink();
     let stats = Arc::clone(export.stats());
     let mut accepted = 0u64;
@@ -198,12 +193,7 @@ async fn a_stalled_collector_backs_up_into_the_counted_queue_and_nothing_waits()
 #[tokio::test]
 async fn a_full_batch_goes_at_once_and_a_partial_one_waits_for_the_delay() {
     let rec = Recorder::default();
-    let export = start_with(
-        rec.clone(),
-        &config(64, 4, Duration::from_secs(3600)),
-        &Handle::current(),
-    )
-    .unwrap();
+    let export = running(rec.clone(), 64, 4, Duration::from_secs(3600));
     let sink = export.sink();
     for n in 0..3 {
         assert!(sink.submit(record(n)));
@@ -229,12 +219,7 @@ async fn spans_the_collector_rejects_are_counted_as_failed() {
         reject: 1,
         ..Recorder::default()
     };
-    let export = start_with(
-        rec,
-        &config(64, 2, Duration::from_millis(5)),
-        &Handle::current(),
-    )
-    .unwrap();
+    let export = running(rec, 64, 2, Duration::from_millis(5));
     let stats = Arc::clone(export.stats());
     for n in 0..2 {
         export.sink().submit(record(n));
@@ -253,12 +238,7 @@ async fn failed_exports_count_as_dropped() {
         fail: true,
         ..Recorder::default()
     };
-    let export = start_with(
-        rec,
-        &config(64, 2, Duration::from_millis(5)),
-        &Handle::current(),
-    )
-    .unwrap();
+    let export = running(rec, 64, 2, Duration::from_millis(5));
     let stats = Arc::clone(export.stats());
     for n in 0..6 {
         export.sink().submit(record(n));
@@ -288,12 +268,7 @@ async fn a_black_holing_collector_is_cut_off_by_the_deadline() {
 #[tokio::test]
 async fn shutdown_flushes_what_is_queued_and_later_submits_are_dropped() {
     let rec = Recorder::default();
-    let export = start_with(
-        rec.clone(),
-        &config(64, 512, Duration::from_secs(3600)),
-        &Handle::current(),
-    )
-    .unwrap();
+    let export = running(rec.clone(), 64, 512, Duration::from_secs(3600));
     let sink = export.sink();
     for n in 0..3 {
         sink.submit(record(n));
