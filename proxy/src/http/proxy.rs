@@ -283,10 +283,11 @@ async fn forward<'s>(
     };
     // A logged request's body bytes: counted as they stream (tunnels are counted as TCP).
     let req = if info.count_body && !upgrade {
-        let (parts, body) = req.into_parts();
-        let (body, bytes_in) = body.counted();
-        info.bytes_in = bytes_in;
-        Request::from_parts(parts, body)
+        req.map(|body| {
+            let (body, bytes_in) = body.counted();
+            info.bytes_in = bytes_in;
+            body
+        })
     } else {
         req
     };
