@@ -33,6 +33,8 @@ pub struct Settings {
     pub workers: usize,
     /// Also nginx and HAProxy.
     pub peers: bool,
+    /// Only these cases, when not empty.
+    pub cases: Vec<TargetName>,
 }
 
 /// One process's count in one case.
@@ -78,6 +80,9 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
     ];
     if settings.peers {
         cases.extend([TargetName::Nginx, TargetName::Haproxy]);
+    }
+    if !settings.cases.is_empty() {
+        cases = settings.cases.clone();
     }
     let mut measurements = Vec::new();
     let mut skipped = Vec::new();

@@ -124,6 +124,9 @@ struct InstructionsArgs {
     /// Also nginx and HAProxy under callgrind.
     #[arg(long)]
     peers: bool,
+    /// Only these cases (default: every Tern case, plus the peers with `--peers`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    cases: Vec<TargetName>,
     #[arg(long)]
     keep: bool,
     #[command(flatten)]
@@ -376,6 +379,7 @@ fn instructions(a: InstructionsArgs) -> Result<()> {
         response_size: a.response_size,
         workers: a.workers.max(1),
         peers: a.peers,
+        cases: a.cases,
     };
     let scratch = scratch_dir(a.keep)?;
     let outcome = callgrind::run(&settings, &programs, scratch.0.path())?;
