@@ -22,7 +22,7 @@ use crate::http::exchange::{self, Prepared, Replay};
 use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
 use crate::http::observe::ExchangeInfo;
 use crate::http::pool::{self, Checkout};
-use crate::http::server::Activity;
+use crate::http::server::{Activity, StreamGuard};
 use crate::metrics::TargetMetrics;
 use crate::ratelimit::{Decision, KeyInput};
 use crate::router::{RequestParts, normalize_path};
@@ -32,17 +32,27 @@ use crate::snapshot::{BackendRt, ListenerSnapshot, RateLimitRt, RouteRt};
 pub struct ConnCtx {
     pub listener: Arc<ArcSwap<ListenerSnapshot>>,
     pub client: SocketAddr,
-    /// HTTP/2 only: open streams, for the connection's idle deadline.
-    pub activity: Option<Arc<Activity>>,
+    /// Open requests, for the connection's idle deadline (`header_read_timeout`).
+    pub activity: Arc<Activity>,
 }
 
-/// The hyper-facing service function: infallible, records metrics for every answer.
-pub async fn handle(
+/// The hyper-facing service function: infallible, records metrics for every answer. The
+/// request counts as open from the moment hyper hands it over (not from the future's first
+/// poll), until its response body ends.
+pub fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
+    let stream = ctx.activity.begin();
+    answer(req, ctx, stream)
+}
+
+async fn answer(
     mut req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
+    stream: StreamGuard,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
-    let stream = ctx.activity.as_ref().map(Activity::begin);
     // One snapshot for the whole exchange: a reload mid-request never mixes two configs.
     let snap = ctx.listener.load_full();
     let version = req.version();
@@ -84,9 +94,7 @@ pub async fn handle(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         *resp.version_mut() = version;
     }
-    if let Some(stream) = stream {
-        resp.body_mut().hold(stream);
-    }
+    resp.body_mut().hold(stream);
     Ok(resp)
 }
 

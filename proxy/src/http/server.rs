@@ -2,8 +2,10 @@
 //! the drain signal (HTTP/1 finishes its exchange and closes; HTTP/2 gets a GOAWAY).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -12,7 +14,7 @@ use tokio::time::Instant;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpSettings;
@@ -25,12 +27,20 @@ pub enum HttpVersion {
     Http2,
 }
 
-/// Open streams of one HTTP/2 connection and when it last had none. hyper closes an HTTP/1
-/// connection that waits longer than `header_read_timeout` for a request head (between
-/// keep-alive requests too); this gives HTTP/2 the same rule, which hyper lacks: a client that
-/// sends nothing, or never finishes a HEADERS block, is closed with GOAWAY.
+/// Open requests of one connection and when it last had none: the `header_read_timeout` rule
+/// for both protocols. A connection with no request open for that long (a client that sends
+/// nothing, trickles a request head, or never finishes an HTTP/2 HEADERS block; or an idle
+/// keep-alive connection) is closed. hyper has this rule for HTTP/1 only, and pays for it per
+/// request (a boxed timer armed for every head); here it costs two atomic operations and a
+/// clock read per request, and one timer per connection that fires once per timeout.
+///
+/// A response whose body has ended may still be on its way out (hyper's buffer, waiting for a
+/// slow reader to make room in the socket): `Watched` marks the connection busy while a write
+/// waits, so its tail is not cut off.
 pub struct Activity {
     open: AtomicUsize,
+    /// The last write to the client found its socket full.
+    write_blocked: AtomicBool,
     /// Milliseconds after `start` when the last stream ended.
     idle_since_ms: AtomicU64,
     start: Instant,
@@ -40,6 +50,7 @@ impl Activity {
     fn new() -> Self {
         Self {
             open: AtomicUsize::new(0),
+            write_blocked: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             start: Instant::now(),
         }
@@ -50,9 +61,9 @@ impl Activity {
         StreamGuard(Arc::clone(self))
     }
 
-    /// When the connection went idle, or `None` while a stream is open.
+    /// When the connection went idle, or `None` while a stream is open or a write waits.
     fn idle_since(&self) -> Option<Instant> {
-        if self.open.load(Ordering::Acquire) > 0 {
+        if self.open.load(Ordering::Acquire) > 0 || self.write_blocked.load(Ordering::Relaxed) {
             return None;
         }
         let ms = self.idle_since_ms.load(Ordering::Acquire);
@@ -91,30 +102,41 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = (version == HttpVersion::Http2).then(|| Arc::new(Activity::new()));
+    let activity = Arc::new(Activity::new());
     let ctx = Arc::new(ConnCtx {
         listener,
         client,
-        activity: activity.clone(),
+        activity: Arc::clone(&activity),
     });
     let svc = service_fn(move |req| handle(req, Arc::clone(&ctx)));
-    let io = TokioIo::new(io);
+    let io = TokioIo::new(Watched {
+        io,
+        activity: Arc::clone(&activity),
+    });
+    let idle_limit = settings.header_read_timeout;
     let result = match version {
         HttpVersion::Http1 => {
             let mut b = http1::Builder::new();
-            // Without a timer hyper's header_read_timeout never fires (slowloris).
-            b.timer(TokioTimer::new())
-                .header_read_timeout(settings.header_read_timeout)
-                .max_buf_size(settings.max_header_bytes.max(8192))
+            // No hyper header_read_timeout: `until_idle_too_long` below is the same rule
+            // without a timer per request.
+            b.max_buf_size(settings.max_header_bytes.max(8192))
                 .max_headers(settings.max_headers)
                 .keep_alive(true);
             let conn = b.serve_connection(io, svc).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
+                biased;
                 r = conn.as_mut() => r,
                 () = drain.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
+                }
+                () = until_idle_too_long(&activity, idle_limit) => {
+                    // Nothing is in flight: a request head that never completed, or an idle
+                    // keep-alive connection. Dropping the connection closes it (a graceful
+                    // shutdown would wait for the head of a fresh connection to finish).
+                    tracing::debug!(%client, "closing an HTTP/1 connection idle for header_read_timeout");
+                    Ok(())
                 }
             }
         }
@@ -127,31 +149,21 @@ pub async fn serve<I>(
                 .initial_connection_window_size(2 << 20);
             let conn = b.serve_connection(io, svc);
             tokio::pin!(conn);
-            let idle_limit = settings.header_read_timeout;
-            let mut deadline = Instant::now() + idle_limit;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    () = drain.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        break conn.await;
-                    }
-                    () = tokio::time::sleep_until(deadline) => {
-                        let idle = activity.as_ref().and_then(|a| a.idle_since());
-                        match idle {
-                            Some(since) if since + idle_limit <= Instant::now() => {
-                                tracing::debug!(%client, "closing an idle HTTP/2 connection");
-                                conn.as_mut().graceful_shutdown();
-                                // GOAWAY waits for the client's PING ack; a stalled client
-                                // never sends one, and no stream is open: don't wait long.
-                                match tokio::time::timeout(idle_limit, conn.as_mut()).await {
-                                    Ok(r) => break r,
-                                    Err(_) => break Ok(()),
-                                }
-                            }
-                            Some(since) => deadline = since + idle_limit,
-                            None => deadline = Instant::now() + idle_limit,
-                        }
+            tokio::select! {
+                biased;
+                r = conn.as_mut() => r,
+                () = drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = until_idle_too_long(&activity, idle_limit) => {
+                    tracing::debug!(%client, "closing an idle HTTP/2 connection");
+                    conn.as_mut().graceful_shutdown();
+                    // GOAWAY waits for the client's PING ack; a stalled client never sends
+                    // one, and no stream is open: don't wait long.
+                    match tokio::time::timeout(idle_limit, conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(()),
                     }
                 }
             }
@@ -159,5 +171,181 @@ pub async fn serve<I>(
     };
     if let Err(e) = result {
         tracing::debug!(%client, error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// Resolves once the connection has had no request open for `limit`. Its timer fires once per
+/// `limit` while requests come and go, not once per request.
+async fn until_idle_too_long(activity: &Activity, limit: Duration) {
+    let mut deadline = Instant::now() + limit;
+    loop {
+        tokio::time::sleep_until(deadline).await;
+        match activity.idle_since() {
+            Some(since) if since + limit <= Instant::now() => return,
+            Some(since) => deadline = since + limit,
+            None => deadline = Instant::now() + limit,
+        }
+    }
+}
+
+/// The client connection, noting in its `Activity` whether the last write waited for room.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Watched<I> {
+    fn note<T>(&self, r: Poll<T>) -> Poll<T> {
+        let blocked = r.is_pending();
+        let flag = &self.activity.write_blocked;
+        if flag.load(Ordering::Relaxed) != blocked {
+            flag.store(blocked, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.note(r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::http::observe::Sinks;
+    use crate::snapshot::{self, Shared};
+
+    const BODY: usize = 256 << 10;
+
+    /// A backend answering every request with `BODY` bytes.
+    async fn backend() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req| async {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(vec![
+                            7u8;
+                            BODY
+                        ]))))
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// The idle rule must not cut off a response whose body has ended but which still waits
+    /// in the proxy's write buffer for the client to make room. An in-memory client
+    /// connection with a 16 KiB buffer makes that state exact: hyper may buffer up to 1 MiB
+    /// (`max_header_bytes`), so it takes the whole 256 KiB body from the backend (the body
+    /// ends, no request is open) while the client, paused for three idle limits, has room
+    /// for 16 KiB. Without `Watched` the connection is dropped with the rest unsent.
+    #[tokio::test]
+    async fn a_response_still_going_out_keeps_its_connection_past_the_idle_limit() {
+        let upstream = backend().await;
+        let yaml = format!(
+            "listeners:
+  - name: l
+    address: 127.0.0.1:0
+    protocol: http1
+    http: {{header_read_timeout: 200ms, max_header_bytes: 1048576}}
+    routes:
+      - name: all
+        backends: [{{name: b}}]
+backends:
+  - name: b
+    endpoints: [{upstream}]
+"
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let snap = snapshot::compile(config, None, &Shared::new(), 1, 1, &Sinks::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listener = Arc::clone(snap.listener("l").unwrap());
+        let settings = listener.http.clone();
+        let (mut client, server) = tokio::io::duplex(16 * 1024);
+        let served = tokio::spawn(async move {
+            serve(
+                server,
+                HttpVersion::Http1,
+                &settings,
+                Arc::new(ArcSwap::new(listener)),
+                SocketAddr::from(([127, 0, 0, 1], 1)),
+                CancellationToken::new(),
+            )
+            .await;
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: l\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 1024];
+        let n = client.read(&mut first).await.unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("the connection closes once idle")
+            .unwrap();
+        let mut all = first[..n].to_vec();
+        all.extend_from_slice(&rest);
+        let head = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(
+            all.len() - head,
+            BODY,
+            "the response was cut off by the idle limit"
+        );
+        served.await.unwrap();
     }
 }
