@@ -237,18 +237,27 @@ impl LogFormat {
 /// The values of a listener's logged headers, in the order configured. A header logged with
 /// `redact: drop` keeps no value, only the fact that it was there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Captured([Option<HeaderValue>; MAX_CAPTURED]);
+/// Sized to the headers configured (none: no allocation), so a record stays small: it is
+/// boxed per logged request, and under about a kilobyte the allocator serves it from its
+/// per-thread cache.
+pub struct Captured(Vec<Option<HeaderValue>>);
 
 impl Captured {
     fn capture(specs: &[LoggedHeader], headers: &HeaderMap) -> Self {
-        let mut values: [Option<HeaderValue>; MAX_CAPTURED] = Default::default();
-        for (slot, spec) in values.iter_mut().zip(specs) {
-            *slot = headers.get(&spec.name).map(|v| match spec.redact {
-                Redact::Drop => HeaderValue::from_static(""),
-                Redact::None | Redact::Hash => v.clone(),
-            });
+        if specs.is_empty() {
+            return Self::default();
         }
-        Self(values)
+        Self(
+            specs
+                .iter()
+                .map(|spec| {
+                    headers.get(&spec.name).map(|v| match spec.redact {
+                        Redact::Drop => HeaderValue::from_static(""),
+                        Redact::None | Redact::Hash => v.clone(),
+                    })
+                })
+                .collect(),
+        )
     }
 
     pub fn get(&self, i: usize) -> Option<&HeaderValue> {

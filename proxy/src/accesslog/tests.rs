@@ -177,6 +177,26 @@ fn addresses_of_both_families() {
     assert_eq!(line(&r).1["endpoint"], "0.0.0.0:0");
 }
 
+/// IPv4 text is built from a table of octets: every octet in every position, and ports of
+/// every length, read as `Display` writes them.
+#[test]
+fn every_ipv4_octet_and_port_length_is_written_as_display_writes_it() {
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    let log = log(bare, 1.0);
+    let mut r = log.record(SystemTime::UNIX_EPOCH);
+    let ports = [0u16, 7, 10, 99, 100, 999, 1000, 9999, 10000, 65535];
+    for octet in 0..=255u8 {
+        for position in 0..4 {
+            let mut ip = [1u8, 22, 133, 4];
+            ip[position] = octet;
+            let addr = std::net::SocketAddr::from((ip, ports[usize::from(octet) % ports.len()]));
+            r.client = Some(addr);
+            let (text, v) = line(&r);
+            assert_eq!(v["client"], addr.to_string(), "{text}");
+        }
+    }
+}
+
 #[test]
 fn the_query_is_logged_only_when_asked() {
     let log = log(format(true), 1.0);
