@@ -161,8 +161,9 @@ impl Proxy {
         }
         self.version.store(version, Ordering::Relaxed);
         self.shared.metrics.config_version.set(version as i64);
+        let grace = snap.config.shutdown_grace;
         self.current.store(Some(Arc::new(snap)));
-        self.commit_sinks(change);
+        self.commit_sinks(change, grace);
         Ok(version)
     }
 
@@ -288,8 +289,9 @@ impl Proxy {
     }
 
     /// The config is in place: the exporter it replaced and the writers it no longer names
-    /// finish their queues and stop; the metrics page follows the new ones.
-    fn commit_sinks(&self, change: SinkChange) {
+    /// finish their queues and stop, once the requests begun under older configs are done
+    /// with them (up to `grace`); the metrics page follows the new ones.
+    fn commit_sinks(&self, change: SinkChange, grace: Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -298,7 +300,7 @@ impl Proxy {
             && let Some((_, old)) = std::mem::replace(&mut obs.export, export)
         {
             runtime.spawn(async move {
-                let _ = old.shutdown(Duration::from_secs(5)).await;
+                let _ = old.retire(grace, Duration::from_secs(5)).await;
             });
         }
         let span_stats = obs.export.as_ref().map(|(_, e)| Arc::clone(e.stats()));
@@ -306,7 +308,7 @@ impl Proxy {
             return;
         };
         for w in writers.take_unused(&change.in_use) {
-            runtime.spawn(w.shutdown(Duration::from_secs(5)));
+            runtime.spawn(w.retire(grace, Duration::from_secs(5)));
         }
         self.shared.metrics.observe_stats(
             span_stats,

@@ -410,6 +410,16 @@ impl HeaderOps {
 /// per-backend state. Problems only compiling can find (e.g. header values) are reported.
 /// `workers`: how many worker threads will read it (regex route tables are cloned per worker).
 /// `sinks`: the span exporter's and access-log writers' queues the listeners hand records to.
+/// Waits, up to `grace`, until `held` says nothing holds a handle any more: a sink an old
+/// config compiled in lives on in the requests begun under that config (each holds its
+/// snapshot) and in connections still draining. Checked every 50 ms: retiring is rare.
+pub async fn until_released(held: impl Fn() -> bool, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while held() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn compile(
     config: Config,
     previous: Option<&Snapshot>,

@@ -1267,6 +1267,66 @@ async fn the_access_log_counts_request_body_bytes_as_they_stream() {
     assert!(line["bytes_out"].as_u64().is_some_and(|n| n > 0), "{line}");
 }
 
+/// A reload that moves the access log to another file and the spans to another collector
+/// must not lose the request in flight across it: that request began under the old config, and
+/// its line and span go where that config said, once it ends. The old writer and exporter stop
+/// only when nothing can submit to them any more (or after `shutdown_grace`).
+#[tokio::test]
+async fn a_request_in_flight_across_a_reload_keeps_its_log_line_and_span() {
+    let receiver = OtlpReceiver::grpc().await;
+    let other_receiver = OtlpReceiver::grpc().await;
+    let app = TestBackend::builder("app")
+        .delay(Duration::from_millis(1500))
+        .start()
+        .await;
+    let log = AccessLogFile::new();
+    let other_log = AccessLogFile::new();
+    let config = |otlp: &str, log: &AccessLogFile| {
+        let fields = format!(
+            "    access_log: {{path: {:?}}}\n",
+            log.path().display().to_string()
+        );
+        one_hop(
+            &tracing_yaml(otlp, "shop"),
+            "web",
+            &fields,
+            "app",
+            &app_at(app.addr()),
+        )
+    };
+    let proxy = Proxy::start(config(&receiver.yaml(), &log)).await;
+    let url = proxy.url("web", "/");
+    let slow = tokio::spawn(async move {
+        http1_client()
+            .send("GET", &url, &[("x-request-id", "across")], "")
+            .await
+    });
+    wait_for("the request to reach the backend", DEADLINE, async || {
+        app.in_flight() == 1
+    })
+    .await;
+
+    proxy.write_config(&config(&other_receiver.yaml(), &other_log));
+    wait_for("the reload applied", DEADLINE, async || {
+        proxy.metric("tern_config_version", &[]).await == Some(2.0)
+    })
+    .await;
+    assert_eq!(app.in_flight(), 1, "the request ended before the reload");
+
+    let response = slow.await.expect("the request task");
+    assert_eq!(response.status, 200);
+    let line = log.wait_for_request("across", DEADLINE).await;
+    assert_eq!(line["status"], 200, "{line}");
+    let spans = receiver.wait_for_spans(1, DEADLINE).await;
+    assert!(
+        spans.iter().any(|s| line["trace_id"] == s.trace_id()),
+        "no span of the logged trace {}: {spans:?}",
+        line["trace_id"]
+    );
+    assert!(other_log.lines().is_empty(), "{:?}", other_log.lines());
+    assert_eq!(other_receiver.spans().len(), 0);
+}
+
 /// A reload refused late (a new listener's port is busy) after naming another collector and
 /// another access-log file changes nothing: spans still reach the running collector and lines
 /// the running file, because the exporter and writers are only swapped once a config is in

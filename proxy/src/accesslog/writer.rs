@@ -311,6 +311,16 @@ impl LogWriter {
         self.sink.stats()
     }
 
+    /// Retires a writer the serving config no longer names. Requests begun under an older
+    /// config still hold its sink and log here when they end: it waits until none does (or
+    /// `grace` has passed), then writes what it has and stops within `timeout`.
+    pub async fn retire(self, grace: Duration, timeout: Duration) {
+        // The writer task's handle and this one's sink: any more are snapshots or requests.
+        const OWN: usize = 2;
+        crate::snapshot::until_released(|| Arc::strong_count(&self.sink.shared) > OWN, grace).await;
+        self.shutdown(timeout).await;
+    }
+
     /// Writes every line taken so far and stops, within `timeout` (a linger in progress is cut
     /// short). Later submits are dropped (and counted).
     pub async fn shutdown(self, timeout: Duration) {

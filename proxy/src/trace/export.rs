@@ -200,6 +200,15 @@ impl SpanExport {
         &self.sink.stats
     }
 
+    /// Retires an exporter a new config replaced. Requests begun under the old config still
+    /// hold its sink and submit their spans when they end: it waits until none does (or
+    /// `grace` has passed), then exports what it has and stops within `timeout`.
+    pub async fn retire(self, grace: Duration, timeout: Duration) -> Result<(), ExportError> {
+        // Every sink holds a sender; this one's own aside, they are snapshots or spans.
+        crate::snapshot::until_released(|| self.sink.tx.strong_count() > 1, grace).await;
+        self.shutdown(timeout).await
+    }
+
     /// Stops taking spans and exports the ones queued, within `timeout`. Later submits are
     /// dropped (and counted).
     pub async fn shutdown(self, timeout: Duration) -> Result<(), ExportError> {
