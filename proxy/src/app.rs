@@ -333,7 +333,7 @@ impl Proxy {
         let mut obs = self.observe_state();
         if let Some(writers) = obs.writers.as_mut() {
             for w in writers.take_unused(&change.running) {
-                runtime.spawn(w.shutdown(Duration::from_secs(1)));
+                runtime.spawn(w.discard(Duration::from_secs(1)));
             }
         }
     }

@@ -1387,5 +1387,12 @@ async fn a_refused_reload_keeps_the_running_exporter_and_access_log() {
     receiver.wait_for_spans(2, DEADLINE).await;
     assert!(other_log.lines().is_empty(), "{:?}", other_log.lines());
     assert_eq!(other_receiver.spans().len(), 0);
+    // Opening the file is how its path was checked; the refused config leaves no file behind.
+    wait_for(
+        "the refused config's log file removed",
+        DEADLINE,
+        async || !other_log.path().exists(),
+    )
+    .await;
     drop(busy);
 }

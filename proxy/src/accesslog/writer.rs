@@ -251,6 +251,9 @@ pub struct LogWriter {
     sink: LogSink,
     stop: DropGuard,
     task: JoinHandle<()>,
+    /// The file this writer created (it did not exist before): a refused config removes it
+    /// again if nothing was written to it.
+    created: Option<std::path::PathBuf>,
 }
 
 impl LogWriter {
@@ -265,15 +268,21 @@ impl LogWriter {
         match output {
             Output::Stdout => Ok(Self::start_with(tokio::io::stdout(), capacity, runtime)),
             Output::File(path) => {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
+                let (file, created) = match std::fs::OpenOptions::new()
+                    .create_new(true)
                     .append(true)
-                    .open(path)?;
-                Ok(Self::start_with(
-                    tokio::fs::File::from_std(file),
-                    capacity,
-                    runtime,
-                ))
+                    .open(path)
+                {
+                    Ok(file) => (file, true),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        (std::fs::OpenOptions::new().append(true).open(path)?, false)
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut writer =
+                    Self::start_with(tokio::fs::File::from_std(file), capacity, runtime);
+                writer.created = created.then(|| path.clone());
+                Ok(writer)
             }
         }
     }
@@ -300,6 +309,7 @@ impl LogWriter {
             sink: LogSink { shared },
             stop: stop.drop_guard(),
             task,
+            created: None,
         }
     }
 
@@ -321,10 +331,26 @@ impl LogWriter {
         self.shutdown(timeout).await;
     }
 
+    /// Stops a writer started for a config that was then refused: nothing was logged through
+    /// it, and the file it created for that config (if it did) is removed while still empty, so
+    /// a refused config leaves no trace on disk.
+    pub async fn discard(mut self, timeout: Duration) {
+        let created = self.created.take();
+        self.shutdown(timeout).await;
+        if let Some(path) = created
+            && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0)
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            tracing::debug!(path = %path.display(), error = %e, "cannot remove an unused access log");
+        }
+    }
+
     /// Writes every line taken so far and stops, within `timeout` (a linger in progress is cut
     /// short). Later submits are dropped (and counted).
     pub async fn shutdown(self, timeout: Duration) {
-        let Self { sink, stop, task } = self;
+        let Self {
+            sink, stop, task, ..
+        } = self;
         // Refuse lines from now on, even if the writer is stuck in a write and never gets to
         // its last sweep (it sets this itself before that sweep too).
         sink.shared.closed.store(true, Relaxed);
