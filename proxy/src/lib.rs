@@ -23,6 +23,7 @@
 )]
 
 pub mod accesslog;
+mod addrtext;
 pub mod admin;
 pub mod app;
 pub mod balance;

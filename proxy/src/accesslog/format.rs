@@ -145,7 +145,7 @@ fn int(out: &mut Vec<u8>, n: u64) {
 fn opt_addr(out: &mut Vec<u8>, addr: Option<std::net::SocketAddr>) {
     match addr {
         // Digits, dots, colons and brackets: nothing to escape.
-        Some(a) => quoted(out, crate::trace::AddrText::new().format_bytes(a)),
+        Some(a) => quoted(out, crate::addrtext::AddrText::new().format_bytes(a)),
         None => out.extend_from_slice(b"null"),
     }
 }

@@ -60,7 +60,7 @@ pub use propagate::{
     Format, FormatSet, Incoming, Parent, Propagation, Sampling, TraceContext, extract,
 };
 pub use sampler::Sampler;
-pub(crate) use span::{AddrText, protocol_version};
+pub(crate) use span::protocol_version;
 pub use span::{Attr, Host, SpanKind, SpanRecord, SpanStatus};
 
 /// A 16-byte trace id. All zeros is invalid.

@@ -1,7 +1,6 @@
 //! One finished span, as the request path hands it over, and what the OTLP encoder reads from
 //! it (name, status, attributes), off the request path.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -203,7 +202,7 @@ impl SpanRecord {
             f("tern.backend", Attr::Str(b));
         }
         if let Some(e) = self.endpoint {
-            let mut buf = AddrText::new();
+            let mut buf = crate::addrtext::AddrText::new();
             f("tern.endpoint", Attr::Str(buf.format(e)));
         }
         f("tern.retries", Attr::Int(i64::from(self.retries)));
@@ -215,90 +214,6 @@ impl SpanRecord {
                 || (status.is_client_error() && self.kind == SpanKind::Client))
         {
             f("error.type", Attr::Str(status.as_str()));
-        }
-    }
-}
-
-/// `ip:port` formatted on the stack; IPv4 (the usual case) without `core::fmt`: each octet
-/// from a table, the port through itoa (an access-log line has two addresses).
-pub(crate) struct AddrText {
-    // The longest socket address, `[v6%scope]:port`, is 58 bytes.
-    buf: [u8; 64],
-    len: usize,
-}
-
-/// Every octet's decimal text, padded to three bytes, with its length in the fourth.
-const OCTETS: [[u8; 4]; 256] = {
-    let mut table = [[0u8; 4]; 256];
-    let mut i = 0;
-    while i < 256 {
-        let (h, t, o) = ((i / 100) as u8, (i / 10 % 10) as u8, (i % 10) as u8);
-        table[i] = if i >= 100 {
-            [b'0' + h, b'0' + t, b'0' + o, 3]
-        } else if i >= 10 {
-            [b'0' + t, b'0' + o, 0, 2]
-        } else {
-            [b'0' + o, 0, 0, 1]
-        };
-        i += 1;
-    }
-    table
-};
-
-impl AddrText {
-    pub(crate) fn new() -> Self {
-        Self {
-            buf: [0; 64],
-            len: 0,
-        }
-    }
-
-    /// The text as UTF-8 (it is ASCII by construction).
-    pub(crate) fn format(&mut self, addr: SocketAddr) -> &str {
-        std::str::from_utf8(self.format_bytes(addr)).unwrap_or_default()
-    }
-
-    /// The text's bytes: for writers that take bytes (the access log), no UTF-8 check.
-    pub(crate) fn format_bytes(&mut self, addr: SocketAddr) -> &[u8] {
-        self.len = 0;
-        match addr {
-            SocketAddr::V4(a) => {
-                // At most 21 bytes (`255.255.255.255:65535`): every write below fits in the
-                // 64-byte buffer; `put` would drop rather than panic regardless.
-                let [a0, a1, a2, a3] = a.ip().octets();
-                self.octet(a0, b'.');
-                self.octet(a1, b'.');
-                self.octet(a2, b'.');
-                self.octet(a3, b':');
-                let mut port = itoa::Buffer::new();
-                self.put(port.format(a.port()).as_bytes());
-            }
-            SocketAddr::V6(_) => {
-                let mut rest = &mut self.buf[..];
-                if write!(rest, "{addr}").is_ok() {
-                    self.len = 64 - rest.len();
-                }
-            }
-        }
-        self.buf.get(..self.len).unwrap_or_default()
-    }
-
-    /// The octet's digits and then `sep`: four bytes written at once, the cursor moved past
-    /// the digits and the separator only (the separator lands right after the last digit).
-    fn octet(&mut self, octet: u8, sep: u8) {
-        let [d0, d1, d2, n] = OCTETS[usize::from(octet)];
-        let n = usize::from(n);
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + 4) {
-            dst.copy_from_slice(&[d0, d1, d2, 0]);
-            dst[n] = sep;
-            self.len += n + 1;
-        }
-    }
-
-    fn put(&mut self, bytes: &[u8]) {
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            dst.copy_from_slice(bytes);
-            self.len += bytes.len();
         }
     }
 }
