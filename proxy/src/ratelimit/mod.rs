@@ -607,20 +607,27 @@ fn check_sf_string(name: &str) -> Result<(), String> {
 /// fields have at most 15 digits; larger values are clamped.
 fn sf_item(name: &str, k1: char, v1: u64, k2: char, v2: u64) -> HeaderValue {
     const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
-    let mut s = String::with_capacity(name.len() + 24);
+    // On every response of a limited route (`RateLimit`): integers through itoa, not
+    // `core::fmt`, and the name copied whole unless it needs escaping.
+    let mut s = String::with_capacity(name.len() + 40);
     s.push('"');
-    for c in name.chars() {
-        if c == '"' || c == '\\' {
-            s.push('\\');
+    if name.contains(['"', '\\']) {
+        for c in name.chars() {
+            if c == '"' || c == '\\' {
+                s.push('\\');
+            }
+            s.push(c);
         }
-        s.push(c);
+    } else {
+        s.push_str(name);
     }
     s.push('"');
+    let mut digits = itoa::Buffer::new();
     for (k, v) in [(k1, v1), (k2, v2)] {
         s.push(';');
         s.push(k);
         s.push('=');
-        s.push_str(&v.min(SF_INTEGER_MAX).to_string());
+        s.push_str(digits.format(v.min(SF_INTEGER_MAX)));
     }
     // Printable ASCII only (checked by the callers, or our own constant name).
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
