@@ -58,6 +58,22 @@ fn one_hop(top: &str, name: &str, fields: &str, route: &str, backend: &str) -> S
     )
 }
 
+/// One hop (listener `web`, route `app`) to `app`, traced to `otlp` as service `shop` and
+/// logged to `log`.
+fn logged_and_traced(otlp: &str, log: &AccessLogFile, app: SocketAddr) -> String {
+    let fields = format!(
+        "    access_log: {{path: {:?}}}\n",
+        log.path().display().to_string()
+    );
+    one_hop(
+        &tracing_yaml(otlp, "shop"),
+        "web",
+        &fields,
+        "app",
+        &app_at(app),
+    )
+}
+
 /// A backend entry named `app` pointing at `addr`.
 fn app_at(addr: SocketAddr) -> String {
     format!("{{name: app, endpoints: [\"{addr}\"]}}")
@@ -1281,19 +1297,7 @@ async fn a_request_in_flight_across_a_reload_keeps_its_log_line_and_span() {
         .await;
     let log = AccessLogFile::new();
     let other_log = AccessLogFile::new();
-    let config = |otlp: &str, log: &AccessLogFile| {
-        let fields = format!(
-            "    access_log: {{path: {:?}}}\n",
-            log.path().display().to_string()
-        );
-        one_hop(
-            &tracing_yaml(otlp, "shop"),
-            "web",
-            &fields,
-            "app",
-            &app_at(app.addr()),
-        )
-    };
+    let config = |otlp: &str, log: &AccessLogFile| logged_and_traced(otlp, log, app.addr());
     let proxy = Proxy::start(config(&receiver.yaml(), &log)).await;
     let url = proxy.url("web", "/");
     let slow = tokio::spawn(async move {
@@ -1341,18 +1345,8 @@ async fn a_refused_reload_keeps_the_running_exporter_and_access_log() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy_addr = busy.local_addr().expect("addr");
     let config = |otlp: &str, log: &AccessLogFile, extra_listener: &str| {
-        let fields = format!(
-            "    access_log: {{path: {:?}}}\n",
-            log.path().display().to_string()
-        );
-        one_hop(
-            &tracing_yaml(otlp, "shop"),
-            "web",
-            &fields,
-            "app",
-            &app_at(app.addr()),
-        )
-        .replace("listeners:\n", &format!("listeners:\n{extra_listener}"))
+        logged_and_traced(otlp, log, app.addr())
+            .replace("listeners:\n", &format!("listeners:\n{extra_listener}"))
     };
     let proxy = Proxy::start(config(&receiver.yaml(), &log, "")).await;
     let get = async |id: &str| {

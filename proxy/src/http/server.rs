@@ -132,20 +132,7 @@ pub async fn serve<I>(
                 .keep_alive(true);
             let conn = b.serve_connection(io, svc).with_upgrades();
             tokio::pin!(conn);
-            match Gated::new(conn.as_mut(), watch.as_mut()).await {
-                Ended::Conn(r) => r,
-                Ended::Watch(Stop::Drain) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                Ended::Watch(Stop::Idle) => {
-                    // Nothing is in flight: a request head that never completed, or an idle
-                    // keep-alive connection. Dropping the connection closes it (a graceful
-                    // shutdown would wait for the head of a fresh connection to finish).
-                    tracing::debug!(%client, "closing an HTTP/1 connection idle for header_read_timeout");
-                    Ok(())
-                }
-            }
+            drive(conn, watch, version, idle_limit, client).await
         }
         HttpVersion::Http2 => {
             let mut b = http2::Builder::new(TokioExecutor::new());
@@ -156,27 +143,76 @@ pub async fn serve<I>(
                 .initial_connection_window_size(2 << 20);
             let conn = b.serve_connection(io, svc);
             tokio::pin!(conn);
-            match Gated::new(conn.as_mut(), watch.as_mut()).await {
-                Ended::Conn(r) => r,
-                Ended::Watch(Stop::Drain) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                Ended::Watch(Stop::Idle) => {
-                    tracing::debug!(%client, "closing an idle HTTP/2 connection");
-                    conn.as_mut().graceful_shutdown();
-                    // GOAWAY waits for the client's PING ack; a stalled client never sends
-                    // one, and no stream is open: don't wait long.
-                    match tokio::time::timeout(idle_limit, conn.as_mut()).await {
-                        Ok(r) => r,
-                        Err(_) => Ok(()),
-                    }
-                }
-            }
+            drive(conn, watch, version, idle_limit, client).await
         }
     };
     if let Err(e) = result {
         tracing::debug!(%client, error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// hyper's HTTP/1 (with upgrades) and HTTP/2 server connections, as [`drive`] needs them.
+trait ServerConnection: Future<Output = hyper::Result<()>> {
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+impl<I, B, S> ServerConnection for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, B, S, E> ServerConnection for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs `conn` until it ends, or until the watch asks: a drain shuts it down gracefully (HTTP/1
+/// finishes its exchange; HTTP/2 sends GOAWAY). An idle HTTP/1 connection is dropped, which
+/// closes it (nothing is in flight: a head never completed, or keep-alive with nothing sent;
+/// a graceful shutdown would wait for the head of a fresh connection to finish); an idle
+/// HTTP/2 one gets GOAWAY and little time.
+async fn drive<C: ServerConnection>(
+    mut conn: Pin<&mut C>,
+    watch: Pin<&mut impl Future<Output = Stop>>,
+    version: HttpVersion,
+    idle_limit: Duration,
+    client: SocketAddr,
+) -> hyper::Result<()> {
+    match Gated::new(conn.as_mut(), watch).await {
+        Ended::Conn(r) => r,
+        Ended::Watch(Stop::Drain) => {
+            conn.as_mut().shut_down();
+            conn.await
+        }
+        Ended::Watch(Stop::Idle) => {
+            tracing::debug!(%client, ?version, "closing a connection idle for header_read_timeout");
+            if version == HttpVersion::Http1 {
+                return Ok(());
+            }
+            conn.as_mut().shut_down();
+            // GOAWAY waits for the client's PING ack; a stalled client never sends one, and no
+            // stream is open: don't wait long.
+            tokio::time::timeout(idle_limit, conn)
+                .await
+                .unwrap_or(Ok(()))
+        }
     }
 }
 
