@@ -407,6 +407,17 @@ impl Proxy {
         metrics::find(&self.metrics().await, name, labels)
     }
 
+    /// Waits until `n` config reloads in all have been refused (`tern_config_reloads_total`
+    /// with `result="failed"`); panics after `timeout`.
+    pub async fn wait_for_refused_reloads(&self, n: u32, timeout: Duration) {
+        crate::wait::wait_for(&format!("{n} refused reload(s)"), timeout, async || {
+            self.metric("tern_config_reloads_total", &[("result", "failed")])
+                .await
+                == Some(f64::from(n))
+        })
+        .await;
+    }
+
     /// `GET /config` as JSON; panics unless it answers 200 with JSON.
     pub async fn config(&self) -> Value {
         let response = self.admin_get("/config").await;

@@ -213,14 +213,8 @@ async fn invalid_configs_are_refused_and_the_last_good_one_keeps_serving() {
     for (i, (what, text, expect_in_log)) in cases.iter().enumerate() {
         assert_ne!(text, &good, "case {what} must change the config");
         proxy.write_config(text);
-        let failed = i as f64 + 1.0;
-        wait_for(&format!("{what} refused"), DEADLINE, async || {
-            proxy
-                .metric("tern_config_reloads_total", &[("result", "failed")])
-                .await
-                == Some(failed)
-        })
-        .await;
+        let failed = u32::try_from(i + 1).expect("few cases");
+        proxy.wait_for_refused_reloads(failed, DEADLINE).await;
         let logs = proxy.logs();
         assert!(
             logs.contains(expect_in_log),
@@ -289,13 +283,7 @@ async fn a_busy_port_refuses_the_config() {
         "backends:\n",
         &format!("  - name: taken\n    address: {busy_addr}\n    routes: [{{ name: all, backends: [{{ name: a }}] }}]\nbackends:\n"),
     ));
-    wait_for("the config refused", DEADLINE, async || {
-        proxy
-            .metric("tern_config_reloads_total", &[("result", "failed")])
-            .await
-            == Some(1.0)
-    })
-    .await;
+    proxy.wait_for_refused_reloads(1, DEADLINE).await;
     assert!(
         proxy
             .logs()

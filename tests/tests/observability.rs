@@ -1367,13 +1367,7 @@ async fn a_refused_reload_keeps_the_running_exporter_and_access_log() {
         ),
     );
     proxy.write_config(&refused);
-    wait_for("the reload refused", DEADLINE, async || {
-        proxy
-            .metric("tern_config_reloads_total", &[("result", "failed")])
-            .await
-            == Some(1.0)
-    })
-    .await;
+    proxy.wait_for_refused_reloads(1, DEADLINE).await;
     assert!(proxy.logs().contains("busy"), "{}", proxy.logs());
 
     get("after").await;
