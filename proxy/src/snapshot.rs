@@ -405,11 +405,6 @@ impl HeaderOps {
     }
 }
 
-/// Compiles `config`, which must have passed `config::validate` (`app::Proxy::apply` checks it
-/// once, before starting the exporters and log writers it needs). `previous` lends its
-/// per-backend state. Problems only compiling can find (e.g. header values) are reported.
-/// `workers`: how many worker threads will read it (regex route tables are cloned per worker).
-/// `sinks`: the span exporter's and access-log writers' queues the listeners hand records to.
 /// Waits, up to `grace`, until `held` says nothing holds a handle any more: a sink an old
 /// config compiled in lives on in the requests begun under that config (each holds its
 /// snapshot) and in connections still draining. Checked every 50 ms: retiring is rare.
@@ -420,6 +415,11 @@ pub async fn until_released(held: impl Fn() -> bool, grace: Duration) {
     }
 }
 
+/// Compiles `config`, which must have passed `config::validate` (`app::Proxy::apply` checks it
+/// once, before starting the exporters and log writers it needs). `previous` lends its
+/// per-backend state. Problems only compiling can find (e.g. header values) are reported.
+/// `workers`: how many worker threads will read it (regex route tables are cloned per worker).
+/// `sinks`: the span exporter's and access-log writers' queues the listeners hand records to.
 pub fn compile(
     config: Config,
     previous: Option<&Snapshot>,
