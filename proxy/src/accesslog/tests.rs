@@ -273,6 +273,21 @@ fn captures_follow_the_configured_order_and_bound() {
     assert!(LogFormat::new(Arc::from("l"), nine, vec![], false, Hasher::default()).is_err());
 }
 
+/// A dropped capture's list serves the next capture on the thread, with no value of the old
+/// request left in it.
+#[test]
+fn a_dropped_captures_list_is_reused_empty() {
+    let log = log(format(false), 1.0);
+    let first = log.capture_request(&headers(&[("x-shop-id", "s"), ("x-user-id", "u")]));
+    let addr = first.0.as_ptr();
+    drop(first);
+    let second = log.capture_request(&headers(&[("x-user-id", "v")]));
+    assert_eq!(second.0.as_ptr(), addr, "the list was not reused");
+    assert_eq!(second.get(0).unwrap(), "v");
+    assert_eq!(second.get(1), None);
+    assert_eq!(second.0.len(), 4);
+}
+
 #[test]
 fn flags_map_from_errors_and_print_like_envoy() {
     use crate::error::ProxyError::*;
