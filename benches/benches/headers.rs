@@ -1,11 +1,14 @@
-//! Header hygiene at the proxy boundary (`strip_hop_by_hop`), twice per exchange on the
-//! request path. Run: `cargo bench -p tern-benches --bench headers`.
+//! Header hygiene at the proxy boundary (`strip_hop_by_hop`, twice per exchange on the request
+//! path) and a route's header rewriting (`HeaderOps::apply`: set, add, remove). Run: `cargo
+//! bench -p tern-benches --bench headers`.
 
 use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tern_proxy::config::{HeaderModifier, HeaderValueSpec};
 use tern_proxy::http::headers::strip_hop_by_hop;
+use tern_proxy::snapshot::HeaderOps;
 
 fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -59,5 +62,30 @@ fn bench_strip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_strip);
+/// A route that sets one header, adds one and removes one: what a canary route typically does.
+fn bench_rewrite(c: &mut Criterion) {
+    let spec = |name: &str, value: &str| HeaderValueSpec {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
+    let ops = HeaderOps::compile(&HeaderModifier {
+        set: vec![spec("x-canary", "true")],
+        add: vec![spec("x-served-by", "tern")],
+        remove: vec!["cookie".to_owned()],
+    })
+    .expect("the bench's header edits are valid");
+    let headers = map(&TYPICAL);
+    c.bench_function("header_rewrite_set_add_remove", |b| {
+        b.iter_batched(
+            || headers.clone(),
+            |mut h| {
+                ops.apply(&mut h);
+                black_box(h)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench_strip, bench_rewrite);
 criterion_main!(benches);

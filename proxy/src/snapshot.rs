@@ -369,7 +369,8 @@ pub struct HeaderOps {
 }
 
 impl HeaderOps {
-    fn compile(m: &HeaderModifier) -> Result<Self, String> {
+    /// A route's header edits; an invalid name or value is refused.
+    pub fn compile(m: &HeaderModifier) -> Result<Self, String> {
         let pair = |h: &config::HeaderValueSpec| -> Result<(HeaderName, HeaderValue), String> {
             Ok((
                 HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?,

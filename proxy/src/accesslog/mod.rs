@@ -253,7 +253,8 @@ thread_local! {
 }
 
 impl Captured {
-    fn capture(specs: &[LoggedHeader], headers: &HeaderMap) -> Self {
+    /// The values of the headers `specs` name, in their order.
+    pub fn capture(specs: &[LoggedHeader], headers: &HeaderMap) -> Self {
         if specs.is_empty() {
             return Self::default();
         }
