@@ -25,3 +25,16 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).map(|v| v.to_str().unwrap())
 }
+
+/// Every byte value comes out as `{:02x}` writes it, and decodes back.
+#[test]
+fn hex_encodes_every_byte_as_two_lower_case_digits() {
+    let bytes: Vec<u8> = (0..=255).collect();
+    let mut out = vec![0; 512];
+    super::hex::encode(&bytes, &mut out);
+    let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(super::hex::as_str(&out), expected);
+    for (i, pair) in out.chunks_exact(2).enumerate() {
+        assert_eq!(super::hex::decode::<1>(pair), Some([i as u8]));
+    }
+}
