@@ -87,3 +87,37 @@ impl AddrText {
         }
     }
 }
+
+/// Appends `"ip:port"` (quotes included) to `out`: an IPv4 address is built in one stack buffer
+/// and copied once, the access log's two addresses per line being its only callers.
+pub(crate) fn append_quoted(out: &mut Vec<u8>, addr: SocketAddr) {
+    let SocketAddr::V4(a) = addr else {
+        out.push(b'"');
+        out.extend_from_slice(AddrText::new().format_bytes(addr));
+        out.push(b'"');
+        return;
+    };
+    // `"255.255.255.255:65535"` is 23 bytes; each octet writes four (digits, separator, slack).
+    let mut buf = [0u8; 28];
+    buf[0] = b'"';
+    let mut len = 1;
+    for (octet, sep) in a.ip().octets().into_iter().zip(*b"...:") {
+        let [d0, d1, d2, n] = OCTETS[usize::from(octet)];
+        let n = usize::from(n);
+        if let Some(dst) = buf.get_mut(len..len + 4) {
+            dst.copy_from_slice(&[d0, d1, d2, 0]);
+            dst[n] = sep;
+        }
+        len += n + 1;
+    }
+    let mut port = itoa::Buffer::new();
+    let port = port.format(a.port()).as_bytes();
+    if let Some(dst) = buf.get_mut(len..len + port.len()) {
+        dst.copy_from_slice(port);
+    }
+    len += port.len();
+    if let Some(q) = buf.get_mut(len) {
+        *q = b'"';
+    }
+    out.extend_from_slice(buf.get(..len + 1).unwrap_or_default());
+}

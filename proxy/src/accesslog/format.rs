@@ -35,8 +35,7 @@ pub fn write_json(record: &AccessRecord, out: &mut Vec<u8>) {
         Some(d) => millis(out, d),
         None => out.extend_from_slice(b"null"),
     }
-    key!(out, "listener");
-    string(out, f.listener.as_bytes());
+    out.extend_from_slice(&f.listener_field);
     key!(out, "request_id");
     opt_string(
         out,
@@ -145,7 +144,7 @@ fn int(out: &mut Vec<u8>, n: u64) {
 fn opt_addr(out: &mut Vec<u8>, addr: Option<std::net::SocketAddr>) {
     match addr {
         // Digits, dots, colons and brackets: nothing to escape.
-        Some(a) => quoted(out, crate::addrtext::AddrText::new().format_bytes(a)),
+        Some(a) => crate::addrtext::append_quoted(out, a),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -256,7 +255,7 @@ pub(super) fn plain(bytes: &[u8]) -> bool {
     chunks.remainder().iter().all(|&b| PLAIN[usize::from(b)])
 }
 
-fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     // The common case: nothing to escape, one copy.

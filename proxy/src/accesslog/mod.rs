@@ -203,6 +203,8 @@ pub struct LoggedHeader {
 #[derive(Debug)]
 pub struct LogFormat {
     pub listener: Arc<str>,
+    /// `,"listener":"<name>"`, rendered once: every line of the listener starts with it.
+    listener_field: Box<[u8]>,
     pub request_headers: Vec<LoggedHeader>,
     pub response_headers: Vec<LoggedHeader>,
     /// Log the query string with the path (off by default: queries often carry tokens).
@@ -224,8 +226,11 @@ impl LogFormat {
                 "at most {MAX_CAPTURED} request and {MAX_CAPTURED} response headers can be logged"
             ));
         }
+        let mut listener_field = b",\"listener\":".to_vec();
+        format::string(&mut listener_field, listener.as_bytes());
         Ok(Self {
             listener,
+            listener_field: listener_field.into_boxed_slice(),
             request_headers,
             response_headers,
             include_query,
