@@ -2,14 +2,13 @@
 //! log writes two per line, spans one.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
 /// `ip:port` formatted on the stack; IPv4 (the usual case) without `core::fmt`: each octet
 /// from a table, the port through itoa (an access-log line has two addresses).
 pub(crate) struct AddrText {
     // The longest socket address, `[v6%scope]:port`, is 58 bytes.
     buf: [u8; 64],
-    len: usize,
 }
 
 /// Every octet's decimal text, padded to three bytes, with its length in the fourth.
@@ -32,10 +31,7 @@ const OCTETS: [[u8; 4]; 256] = {
 
 impl AddrText {
     pub(crate) fn new() -> Self {
-        Self {
-            buf: [0; 64],
-            len: 0,
-        }
+        Self { buf: [0; 64] }
     }
 
     /// The text as UTF-8 (it is ASCII by construction).
@@ -45,47 +41,42 @@ impl AddrText {
 
     /// The text's bytes: for writers that take bytes (the access log), no UTF-8 check.
     pub(crate) fn format_bytes(&mut self, addr: SocketAddr) -> &[u8] {
-        self.len = 0;
-        match addr {
-            SocketAddr::V4(a) => {
-                // At most 21 bytes (`255.255.255.255:65535`): every write below fits in the
-                // 64-byte buffer; `put` would drop rather than panic regardless.
-                let [a0, a1, a2, a3] = a.ip().octets();
-                self.octet(a0, b'.');
-                self.octet(a1, b'.');
-                self.octet(a2, b'.');
-                self.octet(a3, b':');
-                let mut port = itoa::Buffer::new();
-                self.put(port.format(a.port()).as_bytes());
-            }
+        let len = match addr {
+            SocketAddr::V4(a) => write_v4(&mut self.buf, 0, a),
             SocketAddr::V6(_) => {
                 let mut rest = &mut self.buf[..];
                 if write!(rest, "{addr}").is_ok() {
-                    self.len = 64 - rest.len();
+                    64 - rest.len()
+                } else {
+                    0
                 }
             }
-        }
-        self.buf.get(..self.len).unwrap_or_default()
+        };
+        self.buf.get(..len).unwrap_or_default()
     }
+}
 
-    /// The octet's digits and then `sep`: four bytes written at once, the cursor moved past
-    /// the digits and the separator only (the separator lands right after the last digit).
-    fn octet(&mut self, octet: u8, sep: u8) {
+/// Writes `a` as `ip:port` into `buf` from `at` and returns where it ends: each octet's digits
+/// from the table (four bytes written at once, the cursor moved past the digits and the
+/// separator only), the port through itoa. Needs 24 bytes after `at` (21 of text, and the last
+/// octet's slack); with less, what does not fit is left out rather than a panic.
+fn write_v4(buf: &mut [u8], mut at: usize, a: SocketAddrV4) -> usize {
+    for (octet, sep) in a.ip().octets().into_iter().zip(*b"...:") {
         let [d0, d1, d2, n] = OCTETS[usize::from(octet)];
         let n = usize::from(n);
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + 4) {
+        if let Some(dst) = buf.get_mut(at..at + 4) {
             dst.copy_from_slice(&[d0, d1, d2, 0]);
             dst[n] = sep;
-            self.len += n + 1;
+            at += n + 1;
         }
     }
-
-    fn put(&mut self, bytes: &[u8]) {
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            dst.copy_from_slice(bytes);
-            self.len += bytes.len();
-        }
+    let mut port = itoa::Buffer::new();
+    let port = port.format(a.port()).as_bytes();
+    if let Some(dst) = buf.get_mut(at..at + port.len()) {
+        dst.copy_from_slice(port);
+        at += port.len();
     }
+    at
 }
 
 /// Appends `"ip:port"` (quotes included) to `out`: an IPv4 address is built in one stack buffer
@@ -97,27 +88,12 @@ pub(crate) fn append_quoted(out: &mut Vec<u8>, addr: SocketAddr) {
         out.push(b'"');
         return;
     };
-    // `"255.255.255.255:65535"` is 23 bytes; each octet writes four (digits, separator, slack).
+    // The opening quote, at most 21 bytes of text, the write's slack, the closing quote.
     let mut buf = [0u8; 28];
     buf[0] = b'"';
-    let mut len = 1;
-    for (octet, sep) in a.ip().octets().into_iter().zip(*b"...:") {
-        let [d0, d1, d2, n] = OCTETS[usize::from(octet)];
-        let n = usize::from(n);
-        if let Some(dst) = buf.get_mut(len..len + 4) {
-            dst.copy_from_slice(&[d0, d1, d2, 0]);
-            dst[n] = sep;
-        }
-        len += n + 1;
-    }
-    let mut port = itoa::Buffer::new();
-    let port = port.format(a.port()).as_bytes();
-    if let Some(dst) = buf.get_mut(len..len + port.len()) {
-        dst.copy_from_slice(port);
-    }
-    len += port.len();
-    if let Some(q) = buf.get_mut(len) {
+    let end = write_v4(&mut buf, 1, a);
+    if let Some(q) = buf.get_mut(end) {
         *q = b'"';
     }
-    out.extend_from_slice(buf.get(..len + 1).unwrap_or_default());
+    out.extend_from_slice(buf.get(..end + 1).unwrap_or_default());
 }
