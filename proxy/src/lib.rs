@@ -41,6 +41,7 @@ pub mod reqid;
 pub mod retry;
 pub mod router;
 pub mod snapshot;
+mod spares;
 pub mod split;
 pub mod tcp;
 pub mod trace;

@@ -59,6 +59,7 @@ pub use writer::{LogSink, LogStats, LogWriter, Output, Writers};
 
 use crate::error::ProxyError;
 use crate::reqid::RequestId;
+use crate::spares::Spares;
 use crate::trace::{Host, SpanId, TraceId};
 
 /// The most request headers (and, separately, response headers) one listener may log.
@@ -247,14 +248,9 @@ impl LogFormat {
 /// per-thread cache.
 pub struct Captured(Vec<Option<HeaderValue>>);
 
-/// Spare value lists, per worker thread: a logged request takes one that already has room
-/// rather than allocating (under load, dozens of requests are in flight per thread, more than
-/// the allocator's per-thread cache keeps, so each allocation and free took its slow path).
-const POOLED_LISTS: usize = 64;
-
 thread_local! {
-    static SPARE_LISTS: std::cell::RefCell<Vec<Vec<Option<HeaderValue>>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// Value lists for the next logged request (see `spares`), emptied.
+    static SPARE_LISTS: Spares<Vec<Option<HeaderValue>>, 64> = const { Spares::new() };
 }
 
 impl Captured {
@@ -263,11 +259,7 @@ impl Captured {
         if specs.is_empty() {
             return Self::default();
         }
-        let mut values = SPARE_LISTS
-            .try_with(|s| s.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let mut values = Spares::take(&SPARE_LISTS).unwrap_or_default();
         values.extend(specs.iter().map(|spec| {
             headers.get(&spec.name).map(|v| match spec.redact {
                 Redact::Drop => HeaderValue::from_static(""),
@@ -290,12 +282,7 @@ impl Drop for Captured {
         }
         let mut values = std::mem::take(&mut self.0);
         values.clear();
-        let _ = SPARE_LISTS.try_with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < POOLED_LISTS {
-                s.push(values);
-            }
-        });
+        Spares::give(&SPARE_LISTS, values);
     }
 }
 

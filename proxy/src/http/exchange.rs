@@ -25,6 +25,7 @@ use crate::http::observe::ExchangeInfo;
 use crate::metrics::TargetMetrics;
 use crate::retry::{self, Failure, GiveUp, Outcome, RetryPolicy};
 use crate::snapshot::BackendRt;
+use crate::spares::Spares;
 
 /// What a request needs to be sent again: its head and its whole body.
 pub struct Replay {
@@ -35,21 +36,17 @@ pub struct Replay {
     body: Option<Bytes>,
 }
 
-/// Header maps kept for replays, per worker thread: a request on a retrying route copies its
-/// headers into a map that already has room, rather than allocating a new one (the copy is
-/// the one cost a retry policy adds to a request that succeeds at once).
-const POOLED_MAPS: usize = 64;
-
 thread_local! {
-    static MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Header maps kept for replays: a request on a retrying route copies its headers into a
+    /// map that already has room, rather than allocating a new one (the copy is the one cost a
+    /// retry policy adds to a request that succeeds at once).
+    static MAPS: Spares<HeaderMap, 64> = const { Spares::new() };
 }
 
 /// A copy of `src` in a pooled map. Names and values are reference-counted or static, so
 /// copying them is a counter increment each.
 fn copy_headers(src: &HeaderMap) -> HeaderMap {
-    let mut dst = MAPS
-        .with(|m| m.borrow_mut().pop())
-        .unwrap_or_else(|| HeaderMap::with_capacity(src.len()));
+    let mut dst = Spares::take(&MAPS).unwrap_or_else(|| HeaderMap::with_capacity(src.len()));
     let mut last = None;
     for (name, value) in src {
         // `iter` yields every value; a repeated name comes right after its first value.
@@ -70,12 +67,7 @@ impl Drop for Replay {
             return;
         }
         map.clear();
-        MAPS.with(|m| {
-            let mut m = m.borrow_mut();
-            if m.len() < POOLED_MAPS {
-                m.push(map);
-            }
-        });
+        Spares::give(&MAPS, map);
     }
 }
 

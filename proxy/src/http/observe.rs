@@ -17,6 +17,7 @@ use http::{HeaderMap, Request, StatusCode};
 use crate::accesslog::{AccessLog, AccessRecord, LogSink, ResponseFlags};
 use crate::error::ProxyError;
 use crate::reqid::{RequestId, RequestIds};
+use crate::spares::Spares;
 use crate::trace::export::SpanSink;
 use crate::trace::{Host, Propagation, SpanKind, SpanRecord, TraceContext};
 
@@ -237,24 +238,16 @@ impl Started {
     }
 }
 
-/// Boxes of finished records, per worker thread, for the next traced or logged request. Under
-/// load dozens of requests are in flight per thread, more than the allocator's per-thread
-/// cache keeps, so a box per request took the allocator's slow path twice (malloc and free).
-const POOLED_BOXES: usize = 64;
-
-/// The boxes themselves are what is kept: a request takes one and hands it on (body, finish).
-#[allow(clippy::vec_box)]
-type Spares = std::cell::RefCell<Vec<Box<Pending>>>;
-
 thread_local! {
-    /// Every box here is empty: no span, no log record, nothing counted.
-    static BOXES: Spares = const { std::cell::RefCell::new(Vec::new()) };
+    /// Boxes of finished records for the next traced or logged request (see `spares`). Every
+    /// box here is empty: no span, no log record, nothing counted.
+    static BOXES: Spares<Box<Pending>, 64> = const { Spares::new() };
 }
 
 impl Pending {
     /// An empty box for a request that started at `start`: a spare one if this thread has one.
     fn boxed(start: Instant) -> Box<Self> {
-        match BOXES.try_with(|b| b.borrow_mut().pop()).ok().flatten() {
+        match Spares::take(&BOXES) {
             Some(mut p) => {
                 p.start = start;
                 p
@@ -276,12 +269,7 @@ impl Pending {
         self.log = None;
         self.bytes_out = 0;
         self.bytes_in = crate::http::body::BytesIn::Unknown;
-        let _ = BOXES.try_with(|b| {
-            let mut b = b.borrow_mut();
-            if b.len() < POOLED_BOXES {
-                b.push(self);
-            }
-        });
+        Spares::give(&BOXES, self);
     }
 
     pub fn add_bytes(&mut self, n: usize) {
