@@ -32,11 +32,11 @@
 //! [`AccessLog::sample`]: one `fastrand` draw (none at ratio 1). [`AccessLog::record`]: one
 //! reference-count increment (the format). [`AccessLog::capture_request`] /
 //! [`AccessLog::capture_response`]: one header-map lookup per configured header and a
-//! reference-count increment per value found, into a list reused from the worker's spares. [`LogSink::submit`]: the line's formatting,
-//! HMAC redaction included (≈ 600 ns with an HMAC), under an uncontended lock of this thread's
-//! shard (a compare-and-swap and a swap); a notify only for the first line after a quiet spell
-//! or when a shard passes 256 KiB. The record, a fixed-size struct of about a kilobyte, is
-//! formatted where it lies, not moved, and dropped on the worker.
+//! reference-count increment per value found, into a list reused from the worker's spares.
+//! [`LogSink::submit`]: the line's formatting, HMAC redaction included (≈ 600 ns with an
+//! HMAC), under an uncontended lock of this thread's shard (a compare-and-swap and a swap); a
+//! notify only for the first line after a quiet spell or when a shard passes 256 KiB. The
+//! record is formatted where it lies, in its box, not moved, and dropped on the worker.
 
 #[cfg(test)]
 mod tests;

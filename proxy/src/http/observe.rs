@@ -5,8 +5,8 @@
 //! Cost when tracing and logging are off: the request id (a header lookup; a UUID formatted on
 //! the stack and one shared allocation when the client sent none). Tracing on: one pass over
 //! the header fields and one header value per trace header written; a sampled request also
-//! boxes its records (a box reused from the worker's spares) and at the end hands its span to a bounded queue and
-//! formats its log line into the log's buffer.
+//! boxes its records (a box reused from the worker's spares) and at the end hands its span to
+//! a bounded queue and formats its log line into the log's buffer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
