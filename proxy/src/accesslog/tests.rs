@@ -465,6 +465,34 @@ async fn failed_writes_are_counted_and_the_writer_goes_on() {
     );
 }
 
+/// The same through a real file whose writes fail: `/dev/full` answers every write with ENOSPC,
+/// as a full disk does. Written by the blocking path files take.
+#[tokio::test]
+async fn a_full_disk_is_counted_and_the_writer_goes_on() {
+    let writer = LogWriter::start(&Output::File("/dev/full".into()), 16, &Handle::current())
+        .expect("/dev/full opens for appending");
+    let bare = LogFormat::new(Arc::from("l"), vec![], vec![], false, Hasher::default()).unwrap();
+    let log = AccessLog::new(bare, 1.0, writer.sink());
+    for n in 0..3 {
+        log.submit(&small_record(&log, n));
+    }
+    let stats = Arc::clone(writer.stats());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.write_failed() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed write was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    log.submit(&small_record(&log, 9));
+    writer.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        (stats.write_failed(), stats.written(), stats.dropped()),
+        (4, 0, 0)
+    );
+}
+
 fn temp_log() -> std::path::PathBuf {
     std::env::temp_dir().join(format!(
         "tern-accesslog-{}-{}.log",

@@ -11,6 +11,10 @@
 //!                        swap each shard's buffer with a spare ──> write_all + flush per buffer
 //! ```
 //!
+//! A file or stdout is written by a blocking task that is handed the swept buffer itself (and
+//! hands it back), not through `tokio::fs::File`, which would copy every line once more into a
+//! buffer of its own before its own blocking write.
+//!
 //! Envoy does the same: workers append formatted lines to a buffer, a flush thread writes it.
 //!
 //! # Why format on the worker
@@ -63,6 +67,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use std::future::Future;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
@@ -266,7 +272,12 @@ impl LogWriter {
     /// path is reported when the config is applied.
     pub fn start(output: &Output, capacity: usize, runtime: &Handle) -> io::Result<Self> {
         match output {
-            Output::Stdout => Ok(Self::start_with(tokio::io::stdout(), capacity, runtime)),
+            Output::Stdout => Ok(Self::start_to(
+                Blocking(Some(io::stdout())),
+                capacity,
+                Self::LINGER,
+                runtime,
+            )),
             Output::File(path) => {
                 let (file, created) = match std::fs::OpenOptions::new()
                     .create_new(true)
@@ -280,7 +291,7 @@ impl LogWriter {
                     Err(e) => return Err(e),
                 };
                 let mut writer =
-                    Self::start_with(tokio::fs::File::from_std(file), capacity, runtime);
+                    Self::start_to(Blocking(Some(file)), capacity, Self::LINGER, runtime);
                 writer.created = created.then(|| path.clone());
                 Ok(writer)
             }
@@ -302,6 +313,10 @@ impl LogWriter {
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        Self::start_to(Async(out), capacity, linger, runtime)
+    }
+
+    fn start_to(out: impl Dest, capacity: usize, linger: Duration, runtime: &Handle) -> Self {
         let shared = Arc::new(Shared::new(capacity.max(1) as u64));
         let stop = CancellationToken::new();
         let task = runtime.spawn(run(Arc::clone(&shared), out, stop.clone(), linger));
@@ -396,12 +411,7 @@ impl LogWriter {
 /// the submit's lock came after the writer's unlock, which came after `parked` was set, so the
 /// submit sees `parked` (or sees it cleared by another submit, which notified). The same
 /// argument makes `closed` exact: set before the last sweep, read under the shard's lock.
-async fn run<W: AsyncWrite + Unpin>(
-    shared: Arc<Shared>,
-    mut out: W,
-    stop: CancellationToken,
-    linger: Duration,
-) {
+async fn run<D: Dest>(shared: Arc<Shared>, mut out: D, stop: CancellationToken, linger: Duration) {
     let mut sweep = Sweep::default();
     let mut failing = false;
     // `Shared::new` set `parked`: the writer starts idle.
@@ -485,22 +495,14 @@ impl Sweep {
 
     /// Writes each shard's lines with one `write_all` and a flush, so a failure is counted
     /// against the lines it lost; empties the spares for the next sweep.
-    async fn write<W: AsyncWrite + Unpin>(
-        &mut self,
-        out: &mut W,
-        stats: &LogStats,
-        failing: &mut bool,
-    ) {
+    async fn write<D: Dest>(&mut self, out: &mut D, stats: &LogStats, failing: &mut bool) {
         for (buf, lines) in self.bufs.iter_mut().zip(&mut self.lines) {
             let n = std::mem::take(lines);
             if n == 0 {
                 continue;
             }
-            let result = async {
-                out.write_all(buf).await?;
-                out.flush().await
-            }
-            .await;
+            let (back, result) = out.write_buf(std::mem::take(buf)).await;
+            *buf = back;
             match result {
                 Ok(()) => {
                     stats.written.fetch_add(n, Relaxed);
@@ -524,6 +526,54 @@ impl Sweep {
                 buf.shrink_to(KEEP_BUFFER);
             }
         }
+    }
+}
+
+/// Where a writer's lines go: each swept buffer is written whole and flushed, then handed back
+/// (emptied by the writer) for the next sweep.
+trait Dest: Send + 'static {
+    fn write_buf(&mut self, buf: Vec<u8>)
+    -> impl Future<Output = (Vec<u8>, io::Result<()>)> + Send;
+}
+
+/// A blocking writer (a file, stdout), written from tokio's blocking pool with the buffer moved
+/// there and back: no copy. `None` only if a write task died (the writer is lost with it, and
+/// every later write fails and is counted).
+struct Blocking<W>(Option<W>);
+
+impl<W: io::Write + Send + 'static> Dest for Blocking<W> {
+    async fn write_buf(&mut self, buf: Vec<u8>) -> (Vec<u8>, io::Result<()>) {
+        let Some(mut w) = self.0.take() else {
+            return (
+                buf,
+                Err(io::Error::other("the access log's output was lost")),
+            );
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let result = w.write_all(&buf).and_then(|()| w.flush());
+            (w, buf, result)
+        });
+        match task.await {
+            Ok((w, buf, result)) => {
+                self.0 = Some(w);
+                (buf, result)
+            }
+            Err(e) => (Vec::new(), Err(io::Error::other(e))),
+        }
+    }
+}
+
+/// Any async writer (tests pass in-memory pipes).
+struct Async<W>(W);
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Dest for Async<W> {
+    async fn write_buf(&mut self, buf: Vec<u8>) -> (Vec<u8>, io::Result<()>) {
+        let result = async {
+            self.0.write_all(&buf).await?;
+            self.0.flush().await
+        }
+        .await;
+        (buf, result)
     }
 }
 
