@@ -7,6 +7,16 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tern_proxy::config::{self, Config, ConfigError};
 
+/// mimalloc, not glibc's malloc: hyper takes a fresh 8 KiB read buffer on each side of every
+/// request (it reserves while the last message still holds slices of the old one), and glibc
+/// serves 8 KiB blocks from its shared bins, past its per-thread cache (≤ 1 KiB): ≈ 2.3k of the
+/// ≈ 28.5k instructions of a request were malloc and free. mimalloc's per-thread pages serve
+/// them from a free list. Built with `no_thp`: mimalloc otherwise asks for transparent huge
+/// pages on its arenas, and a 2 MiB page per arena nearly doubled peak RSS (benches/results/
+/// BASELINE.md, session 7).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tern-proxy", version, about = "Tern's data-plane proxy")]
 struct Cli {
