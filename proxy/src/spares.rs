@@ -3,9 +3,12 @@
 //! instead of allocating, and gives it back emptied when it is done.
 //!
 //! Why not leave it to the allocator: under load a worker has dozens of requests in flight,
-//! more than glibc's per-thread cache keeps per size class, so each allocation and free of
-//! these took the allocator's slow path. Every task of a worker runs on its one thread, so a
-//! thread-local `RefCell<Vec<_>>` needs no lock.
+//! more than glibc's per-thread cache kept per size class, so each allocation and free of
+//! these took the allocator's slow path. Under mimalloc (the binary's allocator since session
+//! 7) the pools still save ≈ 500 instructions per traced, logged or retried request (measured
+//! with every pool's `MAX` set to 0), and an emptied object keeps its capacity, which an
+//! allocator cannot. Every task of a worker runs on its one thread, so a thread-local
+//! `RefCell<Vec<_>>` needs no lock.
 //!
 //! A pool is declared where its objects live:
 //!
