@@ -285,8 +285,8 @@ fn try_case(
     // A traced run's access log (about 250 MB at full load) goes now, not with the scratch
     // directory at the end: a full compare would hold several GB of them on disk, and each
     // traced run would fill the page cache from memory never touched before (on a fresh VM
-    // each such page costs the host a fault inside the proxy's write: measured with dd: 3-6× slower
-    // than a page that was used and freed). Freed, the next traced run reuses those pages, as
+    // each such page costs the host a fault inside the proxy's write; with dd, 3-6× the sys
+    // time of pages used and freed before). Freed, the next traced run reuses those pages, as
     // a node that rotates its logs does.
     let logs = dir.join("logs");
     if logs.exists()
