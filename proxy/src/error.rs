@@ -32,6 +32,10 @@ pub enum ProxyError {
     ConnectFailed,
     #[error("the upstream reset or closed the connection")]
     UpstreamReset,
+    /// The upstream's HTTP/1 response could not be parsed or framed (malformed head, invalid
+    /// `Content-Length`, a `101` nobody asked for).
+    #[error("the upstream sent an invalid response")]
+    BadUpstreamResponse,
     /// HTTP/2 `REFUSED_STREAM`: the upstream did not process the request (safe to retry).
     /// Answered like any reset.
     #[error("the upstream refused the stream")]
@@ -50,9 +54,10 @@ impl ProxyError {
             }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultInjected(s) => s,
-            Self::ConnectFailed | Self::UpstreamReset | Self::RefusedStream => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::ConnectFailed
+            | Self::UpstreamReset
+            | Self::RefusedStream
+            | Self::BadUpstreamResponse => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -69,6 +74,7 @@ impl ProxyError {
             Self::FaultInjected(_) => "fault-injected",
             Self::ConnectFailed => "connect-failed",
             Self::UpstreamReset | Self::RefusedStream => "upstream-reset",
+            Self::BadUpstreamResponse => "upstream-protocol-error",
             Self::Timeout => "timeout",
         }
     }
@@ -84,6 +90,7 @@ impl ProxyError {
             Self::FaultInjected(_) => "fault injected\n",
             Self::ConnectFailed => "upstream connect failed\n",
             Self::UpstreamReset | Self::RefusedStream => "upstream reset\n",
+            Self::BadUpstreamResponse => "upstream sent an invalid response\n",
             Self::Timeout => "upstream timeout\n",
         }
     }
@@ -112,7 +119,8 @@ impl ProxyError {
             | Self::Overflow
             | Self::ConnectFailed
             | Self::UpstreamReset
-            | Self::RefusedStream => ("14", "upstream%20unavailable"),
+            | Self::RefusedStream
+            | Self::BadUpstreamResponse => ("14", "upstream%20unavailable"),
         }
     }
 

@@ -106,9 +106,11 @@ impl ResponseFlags {
     pub const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 12);
     /// `SI`: the response went idle longer than the route's `idle_timeout`.
     pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 13);
+    /// `UPE`: the upstream's response was malformed (502 from the proxy).
+    pub const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 14);
 
     /// Every flag with its code, in the order they are written.
-    const CODES: [(Self, &'static str); 14] = [
+    const CODES: [(Self, &'static str); 15] = [
         (Self::NO_ROUTE, "NR"),
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
@@ -123,6 +125,7 @@ impl ResponseFlags {
         (Self::DOWNSTREAM_DISCONNECT, "DC"),
         (Self::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
         (Self::STREAM_IDLE_TIMEOUT, "SI"),
+        (Self::UPSTREAM_PROTOCOL_ERROR, "UPE"),
     ];
 
     pub const fn empty() -> Self {
@@ -157,6 +160,7 @@ impl ResponseFlags {
             ProxyError::FaultInjected(_) => Self::FAULT_INJECTED,
             ProxyError::ConnectFailed => Self::UPSTREAM_CONNECT_FAILURE,
             ProxyError::UpstreamReset => Self::UPSTREAM_CONNECTION_TERMINATION,
+            ProxyError::BadUpstreamResponse => Self::UPSTREAM_PROTOCOL_ERROR,
             ProxyError::RefusedStream => Self::UPSTREAM_RESET,
             ProxyError::Timeout => Self::UPSTREAM_TIMEOUT,
         }

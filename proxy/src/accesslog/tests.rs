@@ -301,6 +301,7 @@ fn flags_map_from_errors_and_print_like_envoy() {
         (FaultInjected(StatusCode::IM_A_TEAPOT), "FI"),
         (ConnectFailed, "UF"),
         (UpstreamReset, "UC"),
+        (BadUpstreamResponse, "UPE"),
         (RefusedStream, "UR"),
         (Timeout, "UT"),
     ];

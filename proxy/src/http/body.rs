@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::breaker::Permit;
+use crate::http::client;
 use crate::http::observe::Pending;
-use crate::http::pool::Returner;
 use crate::http::server::StreamGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -163,15 +163,50 @@ impl BodyTimers {
 #[error("the response body did not finish within the route's time limits")]
 pub struct BodyTimeout;
 
-/// A response body sent downstream: the upstream's stream (which hands its HTTP/1 connection
-/// back to the pool once fully read), or a small body the proxy wrote itself.
+/// An upstream's response body: read by our HTTP/1 client (which hands its connection back to
+/// the pool once the body is read to its end), or an HTTP/2 stream of hyper's client.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    H1(client::Body),
+    H2(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::H1(b) => b.is_end_stream(),
+            Self::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::H1(b) => b.size_hint(),
+            Self::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A response body sent downstream: the upstream's stream, or a small body the proxy wrote
+/// itself.
 #[derive(Debug)]
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream {
-        body: Incoming,
-        /// Present for pooled HTTP/1 connections; fires when the body has been read to its end.
-        returner: Option<Returner>,
+        body: UpstreamBody,
         /// Keeps an HTTP/2 downstream connection counted as busy while this body streams.
         stream: Option<StreamGuard>,
         /// The backend's request permit (circuit breaker): the request counts until its body
@@ -210,10 +245,9 @@ impl ResponseBody {
         Self::Full(if b.is_empty() { None } else { Some(b) })
     }
 
-    pub fn upstream(body: Incoming, returner: Option<Returner>) -> Self {
+    pub fn upstream(body: UpstreamBody) -> Self {
         Self::Upstream {
             body,
-            returner,
             stream: None,
             permit: None,
             timers: None,
@@ -271,7 +305,6 @@ impl Body for ResponseBody {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Upstream {
                 body,
-                returner,
                 timers,
                 grpc,
                 pending,
@@ -311,22 +344,18 @@ impl Body for ResponseBody {
                     }
                     Poll::Ready(None) => {}
                 }
-                // The end: the stream said so, or its last data frame was just read (hand the
-                // connection back and finish the records now, not one poll later).
+                // The end: the stream said so, or its last data frame was just read (finish the
+                // records now, not one poll later; an HTTP/1 body has already handed its
+                // connection back).
                 let ended = match &polled {
                     Poll::Ready(None) => true,
                     Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
                     _ => false,
                 };
-                if ended {
-                    if let Some(r) = returner.take() {
-                        r.release();
-                    }
-                    if let Some(p) = pending.take() {
-                        p.finish(true, None);
-                    }
+                if ended && let Some(p) = pending.take() {
+                    p.finish(true, None);
                 }
-                polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
+                polled
             }
         }
     }

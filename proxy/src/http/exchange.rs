@@ -286,7 +286,7 @@ pub async fn exchange(
 fn failure(e: ProxyError) -> Option<Failure> {
     match e {
         ProxyError::ConnectFailed => Some(Failure::ConnectFailed),
-        ProxyError::UpstreamReset => Some(Failure::Reset),
+        ProxyError::UpstreamReset | ProxyError::BadUpstreamResponse => Some(Failure::Reset),
         ProxyError::RefusedStream => Some(Failure::RefusedStream),
         ProxyError::Timeout => Some(Failure::Timeout),
         _ => None,
@@ -328,6 +328,7 @@ async fn one_try(
         Err(
             ProxyError::ConnectFailed
             | ProxyError::UpstreamReset
+            | ProxyError::BadUpstreamResponse
             | ProxyError::RefusedStream
             | ProxyError::Timeout,
         ) => Some(BreakerOutcome::Failure),

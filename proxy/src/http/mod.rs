@@ -1,6 +1,7 @@
 //! HTTP: the downstream server, the request path, the upstream pool and their bodies.
 
 pub mod body;
+pub mod client;
 pub mod exchange;
 pub mod headers;
 pub mod observe;

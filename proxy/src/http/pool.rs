@@ -1,15 +1,15 @@
 //! Upstream connections, pooled per worker thread and indexed by endpoint slot. Every task of a
 //! worker runs on the worker's one thread, so the pool is a thread-local `RefCell`: no lock, no
-//! hashing, and checkout is a `Vec` pop. HTTP/1 connections are reused one exchange at a time
-//! and come back when the response body has been read to its end; an HTTP/2 connection is
-//! shared by every request to its endpoint.
+//! hashing, and checkout is a `Vec` pop. HTTP/1 connections (our own client, `client.rs`) are
+//! held by one exchange at a time and come back when the response body has been read to its
+//! end; an HTTP/2 connection (hyper's) is shared by every request to its endpoint.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
@@ -18,16 +18,16 @@ use crate::breaker::{Permit, Resource};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::http::body::RequestBody;
+use crate::http::client::{Conn, Connection};
 use crate::snapshot::{BackendRt, EndpointRt};
 
-pub type H1Sender = http1::SendRequest<RequestBody>;
 pub type H2Sender = http2::SendRequest<RequestBody>;
 
 #[derive(Default)]
 struct Slot {
     /// Idle HTTP/1 connections with the instant each expires, most recently used last (LIFO
     /// keeps the hot ones warm).
-    idle: Vec<(H1Sender, Instant)>,
+    idle: Vec<(Conn, Instant)>,
     h2: Option<H2Sender>,
     /// An HTTP/2 connect in progress: a burst of requests to a cold endpoint waits for this
     /// one connection instead of opening one each (RFC 9113 §9.1).
@@ -50,37 +50,27 @@ fn with_slot<R>(slot: usize, f: impl FnOnce(&mut Slot) -> R) -> R {
 
 /// A connection ready for one request.
 pub enum Checkout {
-    H1(H1Sender, Returner),
+    H1(Conn, Returner),
     H2(H2Sender),
 }
 
-/// Gives an HTTP/1 connection back to its worker's pool once its exchange is complete.
-/// Dropped without `release`, the connection is closed (the exchange did not finish cleanly).
-#[derive(Debug)]
+/// Where an HTTP/1 connection goes back once its exchange is complete (a connection that is
+/// never given back is closed when dropped: its exchange did not finish cleanly).
+#[derive(Debug, Clone, Copy)]
 pub struct Returner {
-    sender: Option<H1Sender>,
     slot: usize,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl Returner {
-    /// The sender slot must be filled with the connection after the request was handed to it.
-    pub fn arm(&mut self, sender: H1Sender) {
-        self.sender = Some(sender);
-    }
-
-    pub fn release(mut self) {
-        if let Some(s) = self.sender.take()
-            && !s.is_closed()
-        {
-            let (max, expires) = (self.max_idle, Instant::now() + self.idle_timeout);
-            with_slot(self.slot, |slot| {
-                if slot.idle.len() < max {
-                    slot.idle.push((s, expires));
-                }
-            });
-        }
+    pub fn release(self, conn: Conn) {
+        let expires = Instant::now() + self.idle_timeout;
+        with_slot(self.slot, |slot| {
+            if slot.idle.len() < self.max_idle {
+                slot.idle.push((conn, expires));
+            }
+        });
     }
 }
 
@@ -90,23 +80,19 @@ pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, 
     match s.protocol {
         UpstreamProtocol::Http1 => {
             let returner = Returner {
-                sender: None,
                 slot: ep.slot,
                 max_idle: s.max_idle_per_endpoint,
                 idle_timeout: s.idle_timeout,
             };
-            while let Some((mut sender, expires)) = with_slot(ep.slot, |slot| slot.idle.pop()) {
-                if sender.is_closed() || Instant::now() > expires {
-                    continue;
-                }
-                if sender.is_ready() || sender.ready().await.is_ok() {
-                    return Ok(Checkout::H1(sender, returner));
+            while let Some((mut conn, expires)) = with_slot(ep.slot, |slot| slot.idle.pop()) {
+                if conn.is_usable() && Instant::now() <= expires {
+                    return Ok(Checkout::H1(conn, returner));
                 }
             }
-            // Boxed: connecting is rare, and its future (socket, handshake) would otherwise
-            // make every request's future kilobytes larger, to be copied at each step.
-            let sender = Box::pin(connect_fresh_h1(backend, ep)).await?;
-            Ok(Checkout::H1(sender, returner))
+            // Boxed: connecting is rare, and its future (socket, timeout) would otherwise
+            // make every request's future larger, to be copied at each step.
+            let conn = Box::pin(connect_fresh_h1(backend, ep)).await?;
+            Ok(Checkout::H1(conn, returner))
         }
         UpstreamProtocol::Http2 => {
             let pending = with_slot(ep.slot, |slot| {
@@ -150,7 +136,7 @@ pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, 
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, ProxyError> {
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -164,7 +150,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStrea
     };
     // Small requests and responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    Ok(stream)
 }
 
 /// The circuit-breaker permits a new connection needs: one for the connection (kept by its
@@ -183,32 +169,12 @@ fn permits(backend: &BackendRt) -> Result<(Permit, Permit), ProxyError> {
     Ok((conn, pending))
 }
 
-async fn connect_h1(
-    addr: SocketAddr,
-    timeout: Duration,
-    (conn_permit, pending): (Permit, Permit),
-) -> Result<H1Sender, ProxyError> {
-    let io = connect(addr, timeout).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|_| ProxyError::ConnectFailed)?;
-    drop(pending);
-    tokio::spawn(async move {
-        let _permit = conn_permit;
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
-        }
-    });
-    Ok(sender)
-}
-
 async fn connect_h2(
     addr: SocketAddr,
     timeout: Duration,
     (conn_permit, pending): (Permit, Permit),
 ) -> Result<H2Sender, ProxyError> {
-    let io = connect(addr, timeout).await?;
+    let io = TokioIo::new(connect(addr, timeout).await?);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
@@ -233,7 +199,7 @@ pub fn sweep() {
     POOL.with(|p| {
         for slot in p.borrow_mut().iter_mut() {
             slot.idle
-                .retain(|(s, expires)| !s.is_closed() && now <= *expires);
+                .retain_mut(|(c, expires)| now <= *expires && c.is_usable());
             if slot.h2.as_ref().is_some_and(|s| s.is_closed()) {
                 slot.h2 = None;
             }
@@ -241,11 +207,17 @@ pub fn sweep() {
     });
 }
 
-/// A new HTTP/1 connection, bypassing the idle list (used when a pooled one proved dead).
-pub async fn connect_fresh_h1(
-    backend: &BackendRt,
-    ep: &EndpointRt,
-) -> Result<H1Sender, ProxyError> {
-    let permits = permits(backend)?;
-    connect_h1(ep.addr, backend.settings.connect_timeout, permits).await
+/// Whether the most recently pooled idle connection of `slot` would be used (tests: to wait
+/// until a close by the upstream has been seen).
+#[cfg(test)]
+pub fn last_idle_usable(slot: usize) -> Option<bool> {
+    with_slot(slot, |s| s.idle.last_mut().map(|(c, _)| c.is_usable()))
+}
+
+/// A new HTTP/1 connection, bypassing the idle list (also used when a pooled one proved dead).
+pub async fn connect_fresh_h1(backend: &BackendRt, ep: &EndpointRt) -> Result<Conn, ProxyError> {
+    let (conn_permit, pending) = permits(backend)?;
+    let io = connect(ep.addr, backend.settings.connect_timeout).await?;
+    drop(pending);
+    Ok(Connection::new(io, conn_permit))
 }

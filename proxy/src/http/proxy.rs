@@ -10,14 +10,14 @@ use arc_swap::ArcSwap;
 use http::header::{HOST, LOCATION};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::config::{PathModifier, Redirect, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::http::body::{BodyTimers, RequestBody, ResponseBody};
+use crate::http::body::{BodyTimers, RequestBody, ResponseBody, UpstreamBody};
+use crate::http::client::{self, SendError};
 use crate::http::exchange::{self, Prepared, Replay};
 use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
 use crate::http::observe::ExchangeInfo;
@@ -355,17 +355,14 @@ async fn forward<'s>(
         .guard(Some(permit), BodyTimers::new(deadline, route.idle_timeout));
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && let Some(down) = downstream_upgrade {
-        let up = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(down, up) {
-                Ok((down, up)) => {
-                    let (mut d, mut u) = (TokioIo::new(down), TokioIo::new(up));
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        });
+    if switching
+        && let Some(down) = downstream_upgrade
+        && let Some(up) = resp
+            .extensions_mut()
+            .remove::<UpstreamTunnel>()
+            .and_then(|t| t.take())
+    {
+        tokio::spawn(tunnel(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
     route.response_headers.apply(resp.headers_mut());
@@ -406,8 +403,9 @@ fn spawn_mirror(backend: Arc<BackendRt>, req: Request<RequestBody>, timeout: Opt
     });
 }
 
-/// Sends on a pooled connection; an HTTP/1 connection that turns out dead before the request
-/// was written (the upstream closed it while idle) is replaced once, transparently.
+/// Sends on a pooled connection; a reused HTTP/1 connection that turns out dead before the
+/// upstream could have acted on the request (it closed it while idle) is replaced once,
+/// transparently.
 pub(super) async fn send(
     backend: &BackendRt,
     ep: &crate::snapshot::EndpointRt,
@@ -415,36 +413,31 @@ pub(super) async fn send(
     upgrade: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     match pool::checkout(backend, ep).await? {
-        Checkout::H1(mut sender, mut returner) => {
-            let resp = match sender.try_send_request(req).await {
-                Ok(r) => r,
-                Err(mut e) => {
-                    let Some(req) = e.take_message() else {
-                        tracing::debug!(error = %e.error(), "upstream exchange failed");
-                        return Err(ProxyError::UpstreamReset);
-                    };
-                    let mut fresh = Box::pin(pool::connect_fresh_h1(backend, ep)).await?;
-                    let r = fresh.send_request(req).await.map_err(|e| {
-                        tracing::debug!(error = %e, "upstream exchange failed");
-                        ProxyError::UpstreamReset
-                    })?;
-                    sender = fresh;
-                    r
+        Checkout::H1(conn, returner) => {
+            let answer = match client::send(conn, req, upgrade, returner).await {
+                Ok(a) => a,
+                Err(SendError {
+                    retry: Some(req),
+                    error,
+                }) => {
+                    tracing::debug!(%error, "pooled upstream connection was closed; sending on a new one");
+                    let fresh = Box::pin(pool::connect_fresh_h1(backend, ep)).await?;
+                    Box::pin(client::send(fresh, req, upgrade, returner))
+                        .await
+                        .map_err(|e| upstream_failed(&e.error))?
                 }
+                Err(e) => return Err(upstream_failed(&e.error)),
             };
-            if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                return Ok(resp.map(|body| ResponseBody::upstream(body, None)));
-            }
-            returner.arm(sender);
-            // A response without a body (HEAD, 204, 304) is never polled downstream: hand
-            // the connection back now rather than dropping it with the body.
-            let returner = if resp.body().is_end_stream() {
-                returner.release();
-                None
-            } else {
-                Some(returner)
-            };
-            Ok(resp.map(|body| ResponseBody::upstream(body, returner)))
+            Ok(match answer {
+                client::Answer::Response(resp) => {
+                    resp.map(|b| ResponseBody::upstream(UpstreamBody::H1(b)))
+                }
+                client::Answer::Upgraded(resp, up) => {
+                    let mut resp = resp.map(|b| ResponseBody::upstream(UpstreamBody::H1(b)));
+                    resp.extensions_mut().insert(UpstreamTunnel::new(up));
+                    resp
+                }
+            })
         }
         Checkout::H2(mut sender) => {
             let resp = sender.send_request(req).await.map_err(|e| {
@@ -455,9 +448,53 @@ pub(super) async fn send(
                     ProxyError::UpstreamReset
                 }
             })?;
-            Ok(resp.map(|body| ResponseBody::upstream(body, None)))
+            Ok(resp.map(|body| ResponseBody::upstream(UpstreamBody::H2(body))))
         }
     }
+}
+
+fn upstream_failed(e: &client::ClientError) -> ProxyError {
+    tracing::debug!(error = %e, "upstream exchange failed");
+    match e {
+        client::ClientError::Invalid(_) => ProxyError::BadUpstreamResponse,
+        _ => ProxyError::UpstreamReset,
+    }
+}
+
+/// The upstream side of a switched connection, carried in the `101` response's extensions to
+/// where the tunnel is built (extensions must be `Clone`; it is taken out once).
+#[derive(Clone)]
+struct UpstreamTunnel(Arc<std::sync::Mutex<Option<client::Upgraded>>>);
+
+impl UpstreamTunnel {
+    fn new(up: client::Upgraded) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(up))))
+    }
+
+    fn take(&self) -> Option<client::Upgraded> {
+        self.0.lock().ok().and_then(|mut u| u.take())
+    }
+}
+
+/// Copies bytes both ways between the client's upgraded connection and the upstream's, the
+/// bytes the upstream sent right after its `101` first.
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: client::Upgraded) {
+    let down = match down.await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut d = TokioIo::new(down);
+    let mut u = up.io;
+    if !up.read_ahead.is_empty()
+        && let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut d, &up.read_ahead).await
+    {
+        tracing::debug!(error = %e, "upgraded connection failed");
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
 }
 
 /// Whether an HTTP/2 upstream refused the stream (RFC 9113 §8.7: it did no work on it), or
