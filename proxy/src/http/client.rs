@@ -192,15 +192,26 @@ fn encode_head(head: &mut Vec<u8>, req: &Request<RequestBody>) -> Framing {
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     let mut found = None;
     for v in headers.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(())?;
-            match found {
-                Some(f) if f != n => return Err(()),
-                _ => found = Some(n),
-            }
+        let n = content_length_value(v.as_bytes()).ok_or(())?;
+        match found {
+            Some(f) if f != n => return Err(()),
+            _ => found = Some(n),
         }
     }
     Ok(found)
+}
+
+/// One `Content-Length` field's value: a number, or a list of the same number (`7, 7`).
+fn content_length_value(v: &[u8]) -> Option<u64> {
+    let mut found = None;
+    for part in v.split(|&b| b == b',') {
+        let n = parse_decimal(part.trim_ascii())?;
+        match found {
+            Some(f) if f != n => return None,
+            _ => found = Some(n),
+        }
+    }
+    found
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {
@@ -224,27 +235,17 @@ fn idempotent(m: &Method) -> bool {
 /// Sends `req` on `conn` and reads the response head. The response body holds the connection
 /// and hands it to `returner` once read to its end (if the connection can be used again).
 pub async fn send(
-    conn: Conn,
-    req: Request<RequestBody>,
-    upgrade: bool,
-    returner: Returner,
-) -> Result<Answer, SendError> {
-    if req.body().is_end_stream() {
-        send_head(conn, req, upgrade, returner).await
-    } else {
-        // Boxed: a request body's future (frames, the early-answer race) would otherwise make
-        // every exchange's future larger, to be moved at each step.
-        Box::pin(send_with_body(conn, req, upgrade, returner)).await
-    }
-}
-
-/// A request without a body: one write, then the response head.
-async fn send_head(
     mut conn: Conn,
     req: Request<RequestBody>,
     upgrade: bool,
     returner: Returner,
 ) -> Result<Answer, SendError> {
+    if !req.body().is_end_stream() {
+        // Boxed: a request body's future (frames, the early-answer race) would otherwise make
+        // every exchange's future larger, to be moved at each step.
+        return Box::pin(send_with_body(conn, req, upgrade, returner)).await;
+    }
+    // No body: one write, then the response head.
     encode_head(&mut conn.head, &req);
     let reused = conn.reused;
     // A reused connection that turns out dead when written to took nothing; one that closes
@@ -523,7 +524,13 @@ fn parse_head(
             continue;
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        // Room for the few fields the proxy adds (request id, rate-limit headers) without
+        // the map growing.
+        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+        // The framing fields are noted as they go in (a name compare each), not looked up
+        // again afterwards.
+        let mut reusable = version == Version::HTTP_11;
+        let (mut te, mut te_chunked, mut length) = (false, false, None);
         for &[n0, n1, v0, v1] in fields.iter() {
             let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
             let name = head
@@ -535,18 +542,29 @@ fn parse_head(
             }
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
                 .map_err(|_| ClientError::Invalid("invalid header value"))?;
-            headers.append(name, value);
-        }
-        let mut reusable = version == Version::HTTP_11;
-        for v in headers.get_all(CONNECTION) {
-            for token in v.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    reusable = true;
+            if name == CONTENT_LENGTH {
+                // `None`: absent so far; `Some(None)`: invalid, or two that disagree.
+                length = Some(match (length, content_length_value(value.as_bytes())) {
+                    (Some(None), _) | (_, None) => None,
+                    (None, n) => n,
+                    (Some(Some(a)), Some(b)) => (a == b).then_some(a),
+                });
+            } else if name == TRANSFER_ENCODING {
+                te = true;
+                te_chunked = last_coding_is_chunked(value.as_bytes());
+            } else if name == CONNECTION {
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        reusable = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive")
+                        && version == Version::HTTP_10
+                    {
+                        reusable = true;
+                    }
                 }
             }
+            headers.append(name, value);
         }
         let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
             reusable = false;
@@ -556,26 +574,26 @@ fn parse_head(
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Length(0)
-        } else if headers.contains_key(TRANSFER_ENCODING) {
+        } else if te {
             // Both headers: Transfer-Encoding wins, and the connection is not to be trusted
             // with another message (RFC 9112 §6.3 point 3).
-            if headers.contains_key(CONTENT_LENGTH) {
+            if length.is_some() {
                 reusable = false;
             }
-            if is_chunked(&headers) {
+            if te_chunked {
                 Framing::Chunked
             } else {
                 reusable = false;
                 Framing::Eof
             }
         } else {
-            match content_length(&headers) {
-                Ok(Some(n)) => Framing::Length(n),
-                Ok(None) => {
+            match length {
+                Some(Some(n)) => Framing::Length(n),
+                None => {
                     reusable = false;
                     Framing::Eof
                 }
-                Err(()) => return Err(ClientError::Invalid("invalid content-length")),
+                Some(None) => return Err(ClientError::Invalid("invalid content-length")),
             }
         };
         let mut resp = Response::new(());
@@ -590,13 +608,11 @@ fn parse_head(
     }
 }
 
-/// Whether the last transfer coding is `chunked`.
-fn is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+/// Whether the last transfer coding of a `Transfer-Encoding` value is `chunked`.
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
