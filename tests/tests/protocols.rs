@@ -1298,6 +1298,64 @@ async fn websocket_upgrade_tunnels_bytes_both_ways() {
     assert_eq!(backend.requests(), 1);
 }
 
+/// An upstream that speaks first after its `101`, in the same write as the head: those bytes
+/// arrive with the head and must reach the client first, before the tunnel copies the rest.
+#[tokio::test]
+async fn bytes_sent_with_the_101_reach_the_client_first() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = upstream.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = upstream.accept().await else {
+            return;
+        };
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: hello\r\n\r\nHELLO",
+            )
+            .await;
+        // Then an echo.
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let proxy = Proxy::start(config(
+        &[listener("web", "http1", "raw", &[])],
+        &[format!(r#"{{name: "raw", endpoints: ["{addr}"]}}"#)],
+    ))
+    .await;
+    let mut stream = connect(proxy.addr("web")).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: hello\r\n\r\n")
+        .await
+        .expect("write the upgrade request");
+    let head = read_head(&mut stream).await;
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "expected 101, got:\n{head}"
+    );
+    assert_eq!(
+        read_n(&mut stream, 5, "the upstream's first bytes").await,
+        b"HELLO"
+    );
+    stream.write_all(b"ping").await.expect("write");
+    assert_eq!(read_n(&mut stream, 4, "the echo").await, b"ping");
+}
+
 // --- 7. large bodies without buffering -----------------------------------------------------------
 
 const HUNDRED_MB: u64 = 100 << 20;

@@ -119,11 +119,12 @@ enum Framing {
 }
 
 /// A failed send, with the request when it may go again on a fresh connection (nothing of it
-/// was taken by an upstream that could have acted on it).
+/// was taken by an upstream that could have acted on it). Boxed: rare, and inline it would make
+/// every send's result the size of a request, copied at each step.
 #[derive(Debug)]
 pub struct SendError {
     pub error: ClientError,
-    pub retry: Option<Request<RequestBody>>,
+    pub retry: Option<Box<Request<RequestBody>>>,
 }
 
 /// What came back.
@@ -261,7 +262,7 @@ pub async fn send(
         Ok(parsed) => Ok(finish(conn, parsed, returner)),
         Err((error, retry)) => Err(SendError {
             error,
-            retry: retry.then_some(req),
+            retry: retry.then(|| Box::new(req)),
         }),
     }
 }

@@ -422,7 +422,7 @@ pub(super) async fn send(
                 }) => {
                     tracing::debug!(%error, "pooled upstream connection was closed; sending on a new one");
                     let fresh = Box::pin(pool::connect_fresh_h1(backend, ep)).await?;
-                    Box::pin(client::send(fresh, req, upgrade, returner))
+                    Box::pin(client::send(fresh, *req, upgrade, returner))
                         .await
                         .map_err(|e| upstream_failed(&e.error))?
                 }

@@ -207,23 +207,30 @@ async fn a_sized_response_is_read_and_its_connection_reused() {
     );
 }
 
+/// Written in pieces of 1 to 7 bytes (each its own segment, `TCP_NODELAY`), so the decoder
+/// meets every boundary: inside a size line, its extension, the data, each CRLF, the trailers.
 #[tokio::test]
 async fn a_chunked_response_keeps_its_data_and_trailers_and_its_connection() {
     const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
         5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\n\r\n";
-    let (addr, accepted, _seen) = upstream(vec![vec![
-        Step::Answer(CHUNKED, 2),
-        Step::Answer(OK_HELLO, 4096),
-    ]])
-    .await;
+    let pieces = [1, 2, 3, 5, 7, 4096];
+    let mut script: Vec<Step> = pieces.iter().map(|&p| Step::Answer(CHUNKED, p)).collect();
+    script.push(Step::Answer(OK_HELLO, 4096));
+    let (addr, accepted, _seen) = upstream(vec![script]).await;
     let b = backend(addr);
-    let (_, body) = get(&b).await;
-    let (data, trailers) = body.expect("body");
-    assert_eq!(data, "hello world");
-    assert_eq!(trailers.expect("trailers")["x-checksum"], "abc");
+    for piece in pieces {
+        let (_, body) = get(&b).await;
+        let (data, trailers) = body.unwrap_or_else(|e| panic!("pieces of {piece}: {e}"));
+        assert_eq!(data, "hello world", "pieces of {piece}");
+        assert_eq!(trailers.expect("trailers")["x-checksum"], "abc");
+    }
     let (_, body) = get(&b).await;
     assert_eq!(body.expect("body").0, "hello");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "every exchange on one connection"
+    );
 }
 
 #[tokio::test]
