@@ -1,4 +1,5 @@
-//! HTTP: the downstream server, the request path, the upstream pool and their bodies.
+//! HTTP: the downstream server, the request path, the upstream HTTP/1.1 client and pool, and
+//! their bodies.
 
 pub mod body;
 pub mod client;
