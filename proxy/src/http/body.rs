@@ -163,42 +163,10 @@ impl BodyTimers {
 #[error("the response body did not finish within the route's time limits")]
 pub struct BodyTimeout;
 
-/// An upstream's response body: read by our HTTP/1 client (which hands its connection back to
-/// the pool once the body is read to its end), or an HTTP/2 stream of hyper's client.
-#[derive(Debug)]
-pub enum UpstreamBody {
-    H1(client::Body),
-    H2(Incoming),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::H1(b) => b.is_end_stream(),
-            Self::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::H1(b) => b.size_hint(),
-            Self::H2(b) => b.size_hint(),
-        }
-    }
-}
+/// An upstream's response body: read by our HTTP/1 client (`Left`, which hands its connection
+/// back to the pool once the body is read to its end), or an HTTP/2 stream of hyper's client
+/// (`Right`).
+pub type UpstreamBody = http_body_util::Either<client::Body, Incoming>;
 
 /// A response body sent downstream: the upstream's stream, or a small body the proxy wrote
 /// itself.

@@ -430,10 +430,10 @@ pub(super) async fn send(
             };
             Ok(match answer {
                 client::Answer::Response(resp) => {
-                    resp.map(|b| ResponseBody::upstream(UpstreamBody::H1(b)))
+                    resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b)))
                 }
                 client::Answer::Upgraded(resp, up) => {
-                    let mut resp = resp.map(|b| ResponseBody::upstream(UpstreamBody::H1(b)));
+                    let mut resp = resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b)));
                     resp.extensions_mut().insert(UpstreamTunnel::new(up));
                     resp
                 }
@@ -448,7 +448,7 @@ pub(super) async fn send(
                     ProxyError::UpstreamReset
                 }
             })?;
-            Ok(resp.map(|body| ResponseBody::upstream(UpstreamBody::H2(body))))
+            Ok(resp.map(|body| ResponseBody::upstream(UpstreamBody::Right(body))))
         }
     }
 }
