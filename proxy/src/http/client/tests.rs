@@ -529,3 +529,52 @@ fn content_lengths_must_agree() {
     h.append(CONTENT_LENGTH, http::HeaderValue::from_static("+7"));
     assert_eq!(content_length(&h), Err(()));
 }
+
+/// Response heads from an upstream are input the proxy does not control: mangled ones (bytes
+/// flipped, dropped, duplicated, cut short) must parse or fail cleanly, never panic, and a
+/// head that parses must have been consumed from the buffer whole.
+#[test]
+fn mangled_response_heads_fail_cleanly() {
+    let corpus: [&[u8]; 5] = [
+        OK_HELLO,
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.0 204 No Content\r\nconnection: keep-alive, close\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\nrest",
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7, 7\r\netag: \"x\"\r\n\r\n",
+    ];
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut fields = Vec::new();
+    for round in 0..20_000 {
+        let mut bytes = corpus[round % corpus.len()].to_vec();
+        for _ in 0..rng.usize(1..4) {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = rng.usize(..bytes.len());
+            match rng.u8(..4) {
+                0 => bytes[at] = rng.u8(..),
+                1 => {
+                    bytes.remove(at);
+                }
+                2 => bytes.insert(at, *rng.choice(b"\r\n:, 0\t").unwrap_or(&b'x')),
+                _ => bytes.truncate(at),
+            }
+        }
+        let method = if rng.bool() {
+            Method::GET
+        } else {
+            Method::HEAD
+        };
+        let mut buf = BytesMut::from(&bytes[..]);
+        let before = buf.len();
+        if let Ok(Some(parsed)) = parse_head(&mut buf, &mut fields, &method, rng.bool()) {
+            assert!(buf.len() < before, "a parsed head is consumed: {bytes:?}");
+            if parsed.head.status() == StatusCode::SWITCHING_PROTOCOLS {
+                assert!(!parsed.reusable);
+            }
+            if let Framing::Eof = parsed.framing {
+                assert!(!parsed.reusable, "a body to the close ends its connection");
+            }
+        }
+    }
+}
