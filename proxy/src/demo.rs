@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
@@ -103,12 +104,20 @@ pub async fn run(duration: Duration) -> anyhow::Result<()> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut next_report = Duration::from_secs(1);
     let mut errors = 0u64;
+    let mut first_error: Option<String> = None;
     while start.elapsed() < duration {
         match get(&mut sender, "/", None).await {
             Ok((200, backend, _)) => *counts.entry(backend).or_default() += 1,
-            _ => {
+            failed => {
                 errors += 1;
-                sender = connect(listen).await?;
+                let what = match failed {
+                    Ok((status, who, _)) => format!("{status} {who}"),
+                    Err(e) => format!("{e:#}"),
+                };
+                sender = connect(listen)
+                    .await
+                    .with_context(|| format!("reconnecting to the proxy after: {what}"))?;
+                first_error.get_or_insert(what);
             }
         }
         if start.elapsed() >= next_report {
@@ -119,7 +128,13 @@ pub async fn run(duration: Duration) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let total: u64 = counts.values().sum();
-    println!("\n{total} requests, {errors} errors: {}", shares(&counts));
+    let first = first_error
+        .map(|e| format!(" (first: {e})"))
+        .unwrap_or_default();
+    println!(
+        "\n{total} requests, {errors} errors{first}: {}",
+        shares(&counts)
+    );
 
     let _ = post_shutdown(admin).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), proxy).await;

@@ -111,6 +111,6 @@ pub use client::{
 pub use config::ANY_PORT;
 pub use otlp::{BlackHole, OtlpProtocol, OtlpReceiver, ReceivedSpan, down_endpoint};
 pub use ports::{free_addr, free_port};
-pub use proxy::{Proxy, ProxyBuilder, validate};
+pub use proxy::{Proxy, ProxyBuilder, proxy_binary, validate};
 pub use trace::TraceParent;
 pub use wait::{wait_for, wait_for_value, wait_for_value_explained};

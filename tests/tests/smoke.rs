@@ -34,3 +34,39 @@ async fn bodiless_responses_keep_the_upstream_connection() {
         "one pooled upstream connection for 5 requests"
     );
 }
+
+/// The README's first command: `tern-proxy demo` runs every phase against its own backends and
+/// ends with no failed request, and the split it reports is near 90/10.
+#[test]
+fn the_demo_runs_clean() {
+    let out = std::process::Command::new(tern_e2e::proxy_binary())
+        .args(["demo", "--duration", "2s"])
+        .output()
+        .expect("the demo starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for phase in [
+        "pinned to the canary",
+        "no-route",
+        "ejected",
+        "429",
+        "0 errors",
+    ] {
+        assert!(
+            stdout.contains(phase),
+            "missing {phase:?}:\n{stdout}\n{stderr}"
+        );
+    }
+    let last = stdout.lines().last().unwrap_or_default();
+    let canary: f64 = last
+        .split("canary ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no canary share in {last:?}"));
+    assert!(
+        (4.0..=16.0).contains(&canary),
+        "canary share {canary} % in {last:?}"
+    );
+}
