@@ -125,17 +125,32 @@ impl RequestIds {
     }
 
     fn ensure_from(&self, headers: &mut HeaderMap, random: impl FnOnce() -> u128) -> RequestId {
-        if self.keep_incoming
-            && let Some(value) = single_value(headers, &self.header)
-            && is_well_formed(value.as_bytes())
-        {
-            return RequestId {
-                value: value.clone(),
-                generated: false,
-            };
-        }
-        let value = uuid_v4_value(random());
-        headers.insert(self.header.clone(), value.clone());
+        // One lookup for both the check and the insert (the name is hashed once).
+        let value = match headers.entry(&self.header) {
+            http::header::Entry::Occupied(mut present) => {
+                let mut values = present.iter();
+                let first = values.next();
+                if self.keep_incoming
+                    && values.next().is_none()
+                    && let Some(value) = first
+                    && is_well_formed(value.as_bytes())
+                {
+                    return RequestId {
+                        value: value.clone(),
+                        generated: false,
+                    };
+                }
+                let value = uuid_v4_value(random());
+                // Replaces every value that was there.
+                present.insert(value.clone());
+                value
+            }
+            http::header::Entry::Vacant(absent) => {
+                let value = uuid_v4_value(random());
+                absent.insert(value.clone());
+                value
+            }
+        };
         RequestId {
             value,
             generated: true,
@@ -149,13 +164,6 @@ impl RequestIds {
             response.insert(self.header.clone(), id.value.clone());
         }
     }
-}
-
-/// The header's value if it appears exactly once.
-fn single_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    values.next().is_none().then_some(first)
 }
 
 /// Whether an incoming id may be kept: 1 to [`MAX_LEN`] bytes of visible ASCII.
