@@ -1300,42 +1300,17 @@ async fn websocket_upgrade_tunnels_bytes_both_ways() {
 
 /// An upstream that speaks first after its `101`, in the same write as the head: those bytes
 /// arrive with the head and must reach the client first, before the tunnel copies the rest.
+/// (The peer writes its `101` and greeting as it accepts, then echoes: the upgrade request comes
+/// back through the tunnel too.)
 #[tokio::test]
 async fn bytes_sent_with_the_101_reach_the_client_first() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = upstream.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let Ok((mut s, _)) = upstream.accept().await else {
-            return;
-        };
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-        let _ = s
-            .write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: hello\r\n\r\nHELLO",
-            )
-            .await;
-        // Then an echo.
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let peer = TcpPeer::start(Some(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: hello\r\n\r\nHELLO",
+    ))
+    .await;
     let proxy = Proxy::start(config(
         &[listener("web", "http1", "raw", &[])],
-        &[format!(r#"{{name: "raw", endpoints: ["{addr}"]}}"#)],
+        &[peer.yaml("raw")],
     ))
     .await;
     let mut stream = connect(proxy.addr("web")).await;
@@ -1352,6 +1327,9 @@ async fn bytes_sent_with_the_101_reach_the_client_first() {
         read_n(&mut stream, 5, "the upstream's first bytes").await,
         b"HELLO"
     );
+    // The echo of the request the proxy sent upstream, then of what the client sends now.
+    let echoed = read_head(&mut stream).await;
+    assert!(echoed.starts_with("GET / HTTP/1.1\r\n"), "{echoed}");
     stream.write_all(b"ping").await.expect("write");
     assert_eq!(read_n(&mut stream, 4, "the echo").await, b"ping");
 }

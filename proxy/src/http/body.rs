@@ -224,6 +224,17 @@ impl ResponseBody {
         }
     }
 
+    /// The upstream connection of a `101` answer from our HTTP/1 client, for the tunnel.
+    pub fn take_upgrade(&mut self) -> Option<client::Upgraded> {
+        match self {
+            Self::Upstream {
+                body: UpstreamBody::Left(b),
+                ..
+            } => b.take_upgrade(),
+            _ => None,
+        }
+    }
+
     /// Finishes `p` when this body ends; a body the proxy wrote itself ends now.
     pub fn finish_with(&mut self, p: Box<Pending>) {
         match self {

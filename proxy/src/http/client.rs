@@ -127,13 +127,6 @@ pub struct SendError {
     pub retry: Option<Box<Request<RequestBody>>>,
 }
 
-/// What came back.
-pub enum Answer {
-    Response(Response<Body>),
-    /// `101 Switching Protocols` to an upgrade request: the connection is the tunnel's now.
-    Upgraded(Response<Body>, Upgraded),
-}
-
 /// An upstream connection switched to another protocol, with any bytes already read past the
 /// `101` head (they belong to the new protocol, to be sent downstream first).
 #[derive(Debug)]
@@ -240,7 +233,7 @@ pub async fn send(
     req: Request<RequestBody>,
     upgrade: bool,
     returner: Returner,
-) -> Result<Answer, SendError> {
+) -> Result<Response<Body>, SendError> {
     if !req.body().is_end_stream() {
         // Boxed: a request body's future (frames, the early-answer race) would otherwise make
         // every exchange's future larger, to be moved at each step.
@@ -274,7 +267,7 @@ async fn send_with_body(
     req: Request<RequestBody>,
     upgrade: bool,
     returner: Returner,
-) -> Result<Answer, SendError> {
+) -> Result<Response<Body>, SendError> {
     let framing = encode_head(&mut conn.head, &req);
     let fail = |error| SendError { error, retry: None };
     let (parts, body) = req.into_parts();
@@ -617,34 +610,33 @@ fn last_coding_is_chunked(value: &[u8]) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-fn finish(mut conn: Conn, parsed: Parsed, returner: Returner) -> Answer {
+fn finish(mut conn: Conn, parsed: Parsed, returner: Returner) -> Response<Body> {
     conn.reused = true;
     let Parsed {
         head,
         framing,
         reusable,
     } = parsed;
-    if head.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Connection { io, buf, .. } = *conn;
-        let up = Upgraded {
-            io,
-            read_ahead: buf.freeze(),
-        };
-        return Answer::Upgraded(head.map(|()| Body::empty()), up);
-    }
-    let mut body = Body {
-        conn: Some(conn),
-        state: match framing {
+    let state = if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection is the tunnel's now: the body ends at once and keeps it until
+        // `take_upgrade`.
+        State::Upgraded
+    } else {
+        match framing {
             Framing::Length(n) => State::Length(n),
             Framing::Chunked => State::ChunkSize,
             Framing::Eof => State::Eof,
-        },
+        }
+    };
+    let mut body = Body {
+        conn: Some(conn),
+        state,
         reusable,
         returner: Some(returner),
         failed: None,
     };
     body.advance_without_io();
-    Answer::Response(head.map(|()| body))
+    head.map(|()| body)
 }
 
 /// A response body read from its connection; the connection goes back to its pool when the
@@ -677,17 +669,23 @@ enum State {
     Trailers,
     Eof,
     Done,
+    /// A `101` answer: no body; the connection waits for `take_upgrade`.
+    Upgraded,
 }
 
 impl Body {
-    fn empty() -> Self {
-        Self {
-            conn: None,
-            state: State::Done,
-            reusable: false,
-            returner: None,
-            failed: None,
+    /// The connection of a `101 Switching Protocols` answer, with any bytes already read past
+    /// its head (they belong to the new protocol, to be sent downstream first).
+    pub fn take_upgrade(&mut self) -> Option<Upgraded> {
+        if self.state != State::Upgraded {
+            return None;
         }
+        self.state = State::Done;
+        let Connection { io, buf, .. } = *self.conn.take()?;
+        Some(Upgraded {
+            io,
+            read_ahead: buf.freeze(),
+        })
     }
 
     /// Ends the body: the connection goes back if it is clean, else it is closed.
@@ -770,7 +768,7 @@ impl Body {
             };
             let buf = &mut conn.buf;
             match self.state {
-                State::Done => return Poll::Ready(None),
+                State::Done | State::Upgraded => return Poll::Ready(None),
                 State::Length(left) | State::ChunkData(left) if !buf.is_empty() => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                     let data = buf.split_to(n).freeze();
@@ -868,13 +866,13 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == State::Done
+        matches!(self.state, State::Done | State::Upgraded)
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.state {
             State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
+            State::Done | State::Upgraded => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
     }

@@ -357,10 +357,7 @@ async fn forward<'s>(
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching
         && let Some(down) = downstream_upgrade
-        && let Some(up) = resp
-            .extensions_mut()
-            .remove::<UpstreamTunnel>()
-            .and_then(|t| t.take())
+        && let Some(up) = resp.body_mut().take_upgrade()
     {
         tokio::spawn(tunnel(down, up));
     }
@@ -414,7 +411,7 @@ pub(super) async fn send(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     match pool::checkout(backend, ep).await? {
         Checkout::H1(conn, returner) => {
-            let answer = match client::send(conn, req, upgrade, returner).await {
+            let resp = match client::send(conn, req, upgrade, returner).await {
                 Ok(a) => a,
                 Err(SendError {
                     retry: Some(req),
@@ -428,16 +425,7 @@ pub(super) async fn send(
                 }
                 Err(e) => return Err(upstream_failed(&e.error)),
             };
-            Ok(match answer {
-                client::Answer::Response(resp) => {
-                    resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b)))
-                }
-                client::Answer::Upgraded(resp, up) => {
-                    let mut resp = resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b)));
-                    resp.extensions_mut().insert(UpstreamTunnel::new(up));
-                    resp
-                }
-            })
+            Ok(resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b))))
         }
         Checkout::H2(mut sender) => {
             let resp = sender.send_request(req).await.map_err(|e| {
@@ -458,21 +446,6 @@ fn upstream_failed(e: &client::ClientError) -> ProxyError {
     match e {
         client::ClientError::Invalid(_) => ProxyError::BadUpstreamResponse,
         _ => ProxyError::UpstreamReset,
-    }
-}
-
-/// The upstream side of a switched connection, carried in the `101` response's extensions to
-/// where the tunnel is built (extensions must be `Clone`; it is taken out once).
-#[derive(Clone)]
-struct UpstreamTunnel(Arc<std::sync::Mutex<Option<client::Upgraded>>>);
-
-impl UpstreamTunnel {
-    fn new(up: client::Upgraded) -> Self {
-        Self(Arc::new(std::sync::Mutex::new(Some(up))))
-    }
-
-    fn take(&self) -> Option<client::Upgraded> {
-        self.0.lock().ok().and_then(|mut u| u.take())
     }
 }
 
