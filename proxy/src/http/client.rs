@@ -163,10 +163,7 @@ fn encode_head(head: &mut Vec<u8>, req: &Request<RequestBody>) -> Framing {
         if name == TRANSFER_ENCODING || (drop_length && name == CONTENT_LENGTH) {
             continue;
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        push_field(head, name, value);
     }
     match (framing, add_length) {
         (Framing::Chunked, _) => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -179,6 +176,14 @@ fn encode_head(head: &mut Vec<u8>, req: &Request<RequestBody>) -> Framing {
     }
     head.extend_from_slice(b"\r\n");
     framing
+}
+
+/// `name: value\r\n`, as a head or a trailer section carries it.
+fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// The one `Content-Length` of `headers`: `Ok(None)` when absent, `Err` when invalid or when
@@ -339,10 +344,7 @@ async fn write_body<W: AsyncWrite + Unpin>(
                 if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
                     head.extend_from_slice(b"0\r\n");
                     for (name, value) in &trailers {
-                        head.extend_from_slice(name.as_str().as_bytes());
-                        head.extend_from_slice(b": ");
-                        head.extend_from_slice(value.as_bytes());
-                        head.extend_from_slice(b"\r\n");
+                        push_field(head, name, value);
                     }
                     head.extend_from_slice(b"\r\n");
                     wr.write_all(head).await.map_err(WriteError::Upstream)?;
@@ -404,6 +406,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     wr: &mut W,
     mut bufs: &mut [IoSlice<'_>],
 ) -> std::io::Result<()> {
+    // Skips a leading empty slice (no head left to write).
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         let n = wr.write_vectored(bufs).await?;
