@@ -29,6 +29,10 @@ use tokio::net::TcpStream;
 
 use crate::breaker::Permit;
 use crate::http::body::RequestBody;
+use crate::http::h1::{
+    Decode, Step, chunk_size_line, content_length, content_length_value, last_coding_is_chunked,
+    push_field, push_trailers, write_all_vectored,
+};
 use crate::http::pool::Returner;
 
 /// Most header fields a response head may carry (hyper's default).
@@ -37,9 +41,6 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
-/// Longest chunk-size line (with extensions) or trailer section accepted.
-const MAX_CHUNK_LINE: usize = 4096;
-const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Request body chunks up to this size are copied behind their framing and written at once.
 const COPY_BELOW: usize = 8 * 1024;
 
@@ -178,50 +179,6 @@ fn encode_head(head: &mut Vec<u8>, req: &Request<RequestBody>) -> Framing {
     framing
 }
 
-/// `name: value\r\n`, as a head or a trailer section carries it.
-fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    buf.extend_from_slice(name.as_str().as_bytes());
-    buf.extend_from_slice(b": ");
-    buf.extend_from_slice(value.as_bytes());
-    buf.extend_from_slice(b"\r\n");
-}
-
-/// The one `Content-Length` of `headers`: `Ok(None)` when absent, `Err` when invalid or when
-/// several disagree (RFC 9112 §6.3).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut found = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        let n = content_length_value(v.as_bytes()).ok_or(())?;
-        match found {
-            Some(f) if f != n => return Err(()),
-            _ => found = Some(n),
-        }
-    }
-    Ok(found)
-}
-
-/// One `Content-Length` field's value: a number, or a list of the same number (`7, 7`).
-fn content_length_value(v: &[u8]) -> Option<u64> {
-    let mut found = None;
-    for part in v.split(|&b| b == b',') {
-        let n = parse_decimal(part.trim_ascii())?;
-        match found {
-            Some(f) if f != n => return None,
-            _ => found = Some(n),
-        }
-    }
-    found
-}
-
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-    })
-}
-
 /// Idempotent methods (RFC 9110 §9.2.2): safe to send again when the upstream may have closed
 /// the connection before reading them.
 fn idempotent(m: &Method) -> bool {
@@ -342,11 +299,7 @@ async fn write_body<W: AsyncWrite + Unpin>(
             Err(frame) => {
                 // Trailers go with a chunked body; otherwise there is nowhere to put them.
                 if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                    head.extend_from_slice(b"0\r\n");
-                    for (name, value) in &trailers {
-                        push_field(head, name, value);
-                    }
-                    head.extend_from_slice(b"\r\n");
+                    push_trailers(head, &trailers);
                     wr.write_all(head).await.map_err(WriteError::Upstream)?;
                     head.clear();
                     return wr.flush().await.map_err(WriteError::Upstream);
@@ -382,40 +335,6 @@ async fn write_body<W: AsyncWrite + Unpin>(
         head.clear();
     }
     wr.flush().await.map_err(WriteError::Upstream)
-}
-
-/// `{len:x}\r\n` without `core::fmt`.
-fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut i = 16;
-    let mut n = len;
-    loop {
-        i -= 1;
-        out[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out[16] = b'\r';
-    out[17] = b'\n';
-    &out[i..]
-}
-
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    mut bufs: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
-    // Skips a leading empty slice (no head left to write).
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        let n = wr.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
-    }
-    Ok(())
 }
 
 /// A response head, parsed.
@@ -605,14 +524,6 @@ fn parse_head(
     }
 }
 
-/// Whether the last transfer coding of a `Transfer-Encoding` value is `chunked`.
-fn last_coding_is_chunked(value: &[u8]) -> bool {
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
 fn finish(mut conn: Conn, parsed: Parsed, returner: Returner) -> Response<Body> {
     conn.reused = true;
     let Parsed {
@@ -620,25 +531,26 @@ fn finish(mut conn: Conn, parsed: Parsed, returner: Returner) -> Response<Body> 
         framing,
         reusable,
     } = parsed;
-    let state = if head.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // The connection is the tunnel's now: the body ends at once and keeps it until
-        // `take_upgrade`.
-        State::Upgraded
-    } else {
-        match framing {
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::ChunkSize,
-            Framing::Eof => State::Eof,
-        }
+    // A `101`: the connection is the tunnel's now; the body ends at once and keeps it until
+    // `take_upgrade`.
+    let upgraded = head.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let state = match framing {
+        _ if upgraded => Decode::Done,
+        Framing::Length(n) => Decode::Length(n),
+        Framing::Chunked => Decode::ChunkSize,
+        Framing::Eof => Decode::Eof,
     };
     let mut body = Body {
         conn: Some(conn),
         state,
+        upgraded,
         reusable,
         returner: Some(returner),
         failed: None,
     };
-    body.advance_without_io();
+    if !upgraded {
+        body.advance_without_io();
+    }
     head.map(|()| body)
 }
 
@@ -646,7 +558,9 @@ fn finish(mut conn: Conn, parsed: Parsed, returner: Returner) -> Response<Body> 
 /// body has been read to its end, and is closed if the body is dropped before.
 pub struct Body {
     conn: Option<Conn>,
-    state: State,
+    state: Decode,
+    /// A `101` answer: no body; the connection waits for `take_upgrade`.
+    upgraded: bool,
     reusable: bool,
     returner: Option<Returner>,
     /// An upstream failure waiting to be reported (see `fail`).
@@ -659,31 +573,14 @@ impl std::fmt::Debug for Body {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Length(u64),
-    /// Expecting a chunk-size line.
-    ChunkSize,
-    /// Inside a chunk: bytes left.
-    ChunkData(u64),
-    /// The CRLF after a chunk's data.
-    ChunkEnd,
-    /// After the last chunk: the trailer section.
-    Trailers,
-    Eof,
-    Done,
-    /// A `101` answer: no body; the connection waits for `take_upgrade`.
-    Upgraded,
-}
-
 impl Body {
     /// The connection of a `101 Switching Protocols` answer, with any bytes already read past
     /// its head (they belong to the new protocol, to be sent downstream first).
     pub fn take_upgrade(&mut self) -> Option<Upgraded> {
-        if self.state != State::Upgraded {
+        if !self.upgraded {
             return None;
         }
-        self.state = State::Done;
+        self.upgraded = false;
         let Connection { io, buf, .. } = *self.conn.take()?;
         Some(Upgraded {
             io,
@@ -693,7 +590,7 @@ impl Body {
 
     /// Ends the body: the connection goes back if it is clean, else it is closed.
     fn done(&mut self) {
-        self.state = State::Done;
+        self.state = Decode::Done;
         if let Some(conn) = self.conn.take()
             && self.reusable
             && conn.buf.is_empty()
@@ -703,48 +600,20 @@ impl Body {
         }
     }
 
-    /// Consumes what needs no I/O: a zero length, or the framing of a chunked body's end
-    /// already in the buffer, so that the body ends (and its connection goes back) with its
-    /// last data, not one read later.
+    /// Consumes what needs no I/O, so that the body ends (and its connection goes back) with
+    /// its last data, not one read later.
     fn advance_without_io(&mut self) {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return;
-            };
-            let buf = &mut conn.buf;
-            match self.state {
-                State::Length(0) => return self.done(),
-                State::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
-                        self.state = if size == 0 {
-                            State::Trailers
-                        } else {
-                            State::ChunkData(size)
-                        };
-                        if size != 0 {
-                            return;
-                        }
-                    }
-                    _ => return,
-                },
-                State::ChunkEnd if buf.len() >= 2 && &buf[..2] == b"\r\n" => {
-                    buf.advance(2);
-                    self.state = State::ChunkSize;
-                }
-                State::Trailers if buf.len() >= 2 && &buf[..2] == b"\r\n" => {
-                    buf.advance(2);
-                    return self.done();
-                }
-                _ => return,
+        if let Some(conn) = self.conn.as_mut() {
+            self.state.advance(&mut conn.buf);
+            if self.state.is_done() {
+                self.done();
             }
         }
     }
 
     /// The upstream failed mid-body. The error is reported at the next poll, not this one: the
-    /// response head and the data already handed out are flushed to the client first (hyper's
-    /// server writes what it holds when the body is pending, and drops it when the body fails),
-    /// so the client sees the response begin and then break, never a short body.
+    /// response head and the data already handed out are flushed to the client first, so the
+    /// client sees the response begin and then break, never a short body.
     fn fail(
         &mut self,
         e: ClientError,
@@ -761,72 +630,30 @@ impl Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientError>>> {
         if let Some(e) = self.failed.take() {
-            self.state = State::Done;
+            self.state = Decode::Done;
             return Poll::Ready(Some(Err(e)));
         }
         loop {
-            self.advance_without_io();
+            if self.upgraded {
+                return Poll::Ready(None);
+            }
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
             let buf = &mut conn.buf;
-            match self.state {
-                State::Done | State::Upgraded => return Poll::Ready(None),
-                State::Length(left) | State::ChunkData(left) if !buf.is_empty() => {
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let data = buf.split_to(n).freeze();
-                    let left = left - n as u64;
-                    self.state = match self.state {
-                        State::Length(_) => State::Length(left),
-                        _ if left == 0 => State::ChunkEnd,
-                        _ => State::ChunkData(left),
-                    };
-                    self.advance_without_io();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::Eof if !buf.is_empty() => {
-                    let data = buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::ChunkSize if buf.len() > MAX_CHUNK_LINE => {
-                    return Poll::Ready(Some(Err(ClientError::Invalid(
-                        "chunk size line too long",
-                    ))));
-                }
-                State::ChunkSize if httparse::parse_chunk_size(buf).is_err() => {
-                    return Poll::Ready(Some(Err(ClientError::Invalid("invalid chunk size"))));
-                }
-                State::ChunkEnd if buf.len() >= 2 => {
-                    return Poll::Ready(Some(Err(ClientError::Invalid(
-                        "chunk not followed by CRLF",
-                    ))));
-                }
-                State::Trailers if !buf.is_empty() => {
-                    let mut slots = [httparse::EMPTY_HEADER; 32];
-                    match httparse::parse_headers(buf, &mut slots) {
-                        Ok(httparse::Status::Complete((used, fields))) => {
-                            let mut trailers = HeaderMap::with_capacity(fields.len());
-                            for h in fields {
-                                if let (Ok(n), Ok(v)) = (
-                                    HeaderName::from_bytes(h.name.as_bytes()),
-                                    HeaderValue::from_bytes(h.value),
-                                ) {
-                                    trailers.append(n, v);
-                                }
-                            }
-                            buf.advance(used);
-                            self.done();
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILER_BYTES => {}
-                        _ => {
-                            return Poll::Ready(Some(Err(ClientError::Invalid(
-                                "invalid trailers",
-                            ))));
-                        }
+            match self.state.step(buf) {
+                Ok(Step::Frame(f)) => {
+                    if self.state.is_done() {
+                        self.done();
                     }
+                    return Poll::Ready(Some(Ok(f)));
                 }
-                _ => {}
+                Ok(Step::Done) => {
+                    self.done();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => return Poll::Ready(Some(Err(ClientError::Invalid(e)))),
             }
             // Nothing buffered to hand out: read.
             buf.reserve(READ_CHUNK);
@@ -839,9 +666,8 @@ impl Body {
                 Err(e) => return self.fail(ClientError::Io(e), cx),
             };
             if n == 0 {
-                if self.state == State::Eof {
+                if self.state.at_eof() {
                     self.conn = None;
-                    self.state = State::Done;
                     return Poll::Ready(None);
                 }
                 return self.fail(ClientError::Closed, cx);
@@ -863,21 +689,20 @@ impl http_body::Body for Body {
         if let Poll::Ready(Some(Err(_))) = &polled {
             // A failed body leaves its connection mid-message: close it.
             this.conn = None;
-            this.state = State::Done;
+            this.state = Decode::Done;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Upgraded)
+        self.upgraded || self.state.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done | State::Upgraded => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        if self.upgraded {
+            return SizeHint::with_exact(0);
         }
+        self.state.size_hint()
     }
 }
 
