@@ -111,13 +111,15 @@ async fn connection(
                     return;
                 }
             };
-            let io = Prefixed::new(prefix, stream);
             let version = match proto {
                 Protocol::Http1 => HttpVersion::Http1,
                 Protocol::Http2 => HttpVersion::Http2,
                 Protocol::Opaque => {
                     match snap.tcp_backend.and_then(|i| snap.backends.get(i)) {
-                        Some(b) => crate::tcp::proxy(io, b, peer, &snap.tcp_bytes).await,
+                        Some(b) => {
+                            let io = Prefixed::new(prefix, stream);
+                            crate::tcp::proxy(io, b, peer, &snap.tcp_bytes).await;
+                        }
                         None => {
                             tracing::debug!(%peer, "closing non-HTTP connection: the listener has no tcp_backend")
                         }
@@ -125,9 +127,10 @@ async fn connection(
                     return;
                 }
             };
-            server::serve(io, version, &snap.http, handle, peer, drain).await;
+            server::serve_tcp(stream, prefix, version, &snap.http, handle, peer, drain).await;
             return;
         }
     };
-    server::serve(stream, version, &snap.http, handle, peer, drain).await;
+    let prefix = bytes::BytesMut::new();
+    server::serve_tcp(stream, prefix, version, &snap.http, handle, peer, drain).await;
 }

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tern_e2e::body::{self, Body};
 use tern_e2e::{
     ANY_PORT, Proxy, TestBackend, TestResponse, free_addr, free_port, h2_connect, http1_client,
-    http2_client, raw_http1, raw_status, wait_for_value,
+    http2_client, raw_http1, raw_status, wait_for, wait_for_value,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1641,6 +1641,144 @@ async fn oversized_request_heads_get_431() {
         4,
         "only the heads within limits reach the backend"
     );
+}
+
+/// Heads that cannot be read one way only get a `400` and a closed connection, and reach no
+/// backend: a malformed request line or field, and the framings a smuggler relies on
+/// (`Content-Length` with `Transfer-Encoding`, two lengths that disagree, a coding that does not
+/// end in `chunked`, chunked HTTP/1.0). A good request on the same listener still works.
+#[tokio::test]
+async fn malformed_http1_heads_get_400_and_reach_no_backend() {
+    let backend = TestBackend::echo("a").await;
+    let proxy = Proxy::start(config(
+        &[
+            listener("auto", "auto", "a", &[]),
+            listener("h1", "http1", "a", &[]),
+        ],
+        &[backend.yaml()],
+    ))
+    .await;
+    let bad: [&str; 7] = [
+        "GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n",
+        "GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: five\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for name in ["auto", "h1"] {
+        let addr = proxy.addr(name);
+        for request in bad {
+            let mut stream = connect(addr).await;
+            stream.write_all(request.as_bytes()).await.expect("write");
+            let (got, ending, _) = read_to_close(&mut stream, DEADLINE, Instant::now()).await;
+            let got = String::from_utf8_lossy(&got);
+            assert_eq!(
+                raw_status(&got),
+                Some(400),
+                "{name}: {request:?} got {got:?}"
+            );
+            assert_ne!(
+                ending,
+                Ending::Deadline,
+                "{name}: {request:?}: the connection stays open"
+            );
+        }
+        let ok = raw_http1(addr, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert_eq!(raw_status(&ok), Some(200), "{name}: {ok:.200}");
+    }
+    assert_eq!(
+        backend.requests(),
+        2,
+        "only the good requests reach the backend"
+    );
+}
+
+/// HTTP/1.0 clients: without `Connection: keep-alive` the answer says `close` and the
+/// connection ends; with it, the connection carries a second request. An answer of unknown
+/// length to HTTP/1.0 runs to the close (HTTP/1.0 has no chunks).
+#[tokio::test]
+async fn http10_clients_keep_alive_only_when_they_ask() {
+    let backend = TestBackend::echo("a").await;
+    let proxy = Proxy::start(config(
+        &[listener("web", "http1", "a", &[])],
+        &[backend.yaml()],
+    ))
+    .await;
+    let addr = proxy.addr("web");
+
+    let mut once = connect(addr).await;
+    once.write_all(b"GET /once HTTP/1.0\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let (got, ending, _) = read_to_close(&mut once, DEADLINE, Instant::now()).await;
+    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(got.starts_with("http/1.0 200"), "{got:.300}");
+    assert!(got.contains("connection: close\r\n"), "{got:.300}");
+    assert!(
+        got.contains("date: "),
+        "every answer carries a date: {got:.300}"
+    );
+    assert_eq!(ending, Ending::Eof);
+
+    let mut kept = connect(addr).await;
+    for path in ["/one", "/two"] {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n");
+        kept.write_all(request.as_bytes()).await.expect("write");
+        let head = read_head(&mut kept).await.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.0 200"), "{head}");
+        assert!(head.contains("connection: keep-alive\r\n"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("a length to keep the connection: {head}"));
+        let body = read_n(&mut kept, length, "the echo").await;
+        assert!(String::from_utf8_lossy(&body).contains(path), "{path}");
+    }
+}
+
+/// A client that gives up before its answer (closes its connection) cancels the exchange: the
+/// request stops counting as in flight and the proxy lets go of the connection, though the
+/// backend never answers.
+#[tokio::test]
+async fn a_client_leaving_before_its_answer_cancels_the_exchange() {
+    let backend = TestBackend::builder("a").hang().start().await;
+    let proxy = Proxy::start(config(
+        &[listener("web", "http1", "a", &[])],
+        &[backend.yaml()],
+    ))
+    .await;
+    let in_flight = async || {
+        proxy
+            .metric("tern_requests_in_flight", &[("listener", "web")])
+            .await
+            .unwrap_or(0.0)
+    };
+    {
+        let mut stream = connect(proxy.addr("web")).await;
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        wait_for("the request to reach the backend", DEADLINE, async || {
+            backend.requests() == 1
+        })
+        .await;
+        assert_eq!(in_flight().await, 1.0);
+    }
+    wait_for("the exchange to be cancelled", DEADLINE, async || {
+        in_flight().await == 0.0
+    })
+    .await;
+    wait_for("the connection to be let go", DEADLINE, async || {
+        proxy
+            .metric("tern_connections_open", &[("listener", "web")])
+            .await
+            == Some(0.0)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -16,30 +16,33 @@ use tokio::time::{Instant, Sleep};
 use crate::breaker::Permit;
 use crate::http::client;
 use crate::http::observe::Pending;
-use crate::http::server::StreamGuard;
+use crate::http::server::{StreamGuard, h1};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body from the client: read by our HTTP/1 server, or hyper's HTTP/2 one.
+pub type ClientBody = http_body_util::Either<h1::Body, Incoming>;
 
 /// A request body sent upstream: the client's own stream, a body kept whole so that it can be
 /// sent again (retries, mirrors), or nothing.
 #[derive(Debug)]
 pub enum RequestBody {
     Empty,
-    Incoming(Incoming),
+    Incoming(ClientBody),
     /// The client's stream, its data bytes counted as they pass (for the access log's
     /// `bytes_in` of a logged request).
-    Counted(Incoming, Arc<AtomicU64>),
+    Counted(ClientBody, Arc<AtomicU64>),
     Full(Option<Bytes>),
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Incoming(b) => Pin::new(b).poll_frame(cx),

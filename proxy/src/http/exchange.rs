@@ -16,7 +16,6 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::breaker::{Outcome as BreakerOutcome, Permit, Resource};
 use crate::error::ProxyError;
@@ -100,11 +99,11 @@ impl Replay {
 
     /// Keeps `req` for replays when `policy` may retry it. A request without a body is ready
     /// at once; a small one of known length must first be read whole (`ReadBody`).
-    pub fn prepare(req: Request<Incoming>, policy: &RetryPolicy) -> Prepared {
+    pub fn prepare(req: Request<RequestBody>, policy: &RetryPolicy) -> Prepared {
         let body_is_empty = req.body().is_end_stream();
         let length = req.body().size_hint().exact();
         if !policy.retriable_request(req.method(), length, body_is_empty) {
-            return Prepared::Ready(req.map(RequestBody::Incoming), None);
+            return Prepared::Ready(req, None);
         }
         let (parts, body) = req.into_parts();
         if body_is_empty {

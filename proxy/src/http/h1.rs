@@ -19,7 +19,7 @@ const MAX_TRAILERS: usize = 32;
 
 /// Where a body's decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decode {
+pub(crate) enum Decode {
     /// A `Content-Length` body: bytes left.
     Length(u64),
     /// Expecting a chunk-size line.
@@ -37,7 +37,7 @@ pub enum Decode {
 
 /// What the decoder made of the bytes at hand.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     Frame(Frame<Bytes>),
     /// The body has ended.
     Done,
@@ -153,7 +153,7 @@ impl Decode {
 }
 
 /// `name: value\r\n`, as a head or a trailer section carries it.
-pub fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+pub(crate) fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     buf.extend_from_slice(name.as_str().as_bytes());
     buf.extend_from_slice(b": ");
     buf.extend_from_slice(value.as_bytes());
@@ -161,7 +161,7 @@ pub fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 }
 
 /// The last chunk and a trailer section.
-pub fn push_trailers(buf: &mut Vec<u8>, trailers: &HeaderMap) {
+pub(crate) fn push_trailers(buf: &mut Vec<u8>, trailers: &HeaderMap) {
     buf.extend_from_slice(b"0\r\n");
     for (name, value) in trailers {
         push_field(buf, name, value);
@@ -171,7 +171,7 @@ pub fn push_trailers(buf: &mut Vec<u8>, trailers: &HeaderMap) {
 
 /// The one `Content-Length` of `headers`: `Ok(None)` when absent, `Err` when invalid or when
 /// several disagree (RFC 9112 §6.3).
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     let mut found = None;
     for v in headers.get_all(CONTENT_LENGTH) {
         let n = content_length_value(v.as_bytes()).ok_or(())?;
@@ -184,7 +184,7 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
 }
 
 /// One `Content-Length` field's value: a number, or a list of the same number (`7, 7`).
-pub fn content_length_value(v: &[u8]) -> Option<u64> {
+pub(crate) fn content_length_value(v: &[u8]) -> Option<u64> {
     let mut found = None;
     for part in v.split(|&b| b == b',') {
         let n = parse_decimal(part.trim_ascii())?;
@@ -206,7 +206,7 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 }
 
 /// Whether the last transfer coding of a `Transfer-Encoding` value is `chunked`.
-pub fn last_coding_is_chunked(value: &[u8]) -> bool {
+pub(crate) fn last_coding_is_chunked(value: &[u8]) -> bool {
     value
         .rsplit(|&b| b == b',')
         .next()
@@ -214,14 +214,14 @@ pub fn last_coding_is_chunked(value: &[u8]) -> bool {
 }
 
 /// Whether a `Connection` value lists `token`.
-pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// `{len:x}\r\n` without `core::fmt`.
-pub fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
+pub(crate) fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut i = 16;
     let mut n = len;
@@ -238,7 +238,7 @@ pub fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
     &out[i..]
 }
 
-pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
     wr: &mut W,
     mut bufs: &mut [IoSlice<'_>],
 ) -> std::io::Result<()> {

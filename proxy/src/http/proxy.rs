@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{HOST, LOCATION};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use crate::config::{PathModifier, Redirect, UpstreamProtocol};
 use crate::error::ProxyError;
@@ -44,11 +44,16 @@ pub fn handle(
     ctx: Arc<ConnCtx>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     let stream = ctx.activity.begin();
-    answer(req, ctx, stream)
+    answer(
+        req.map(|b| RequestBody::Incoming(http_body_util::Either::Right(b))),
+        ctx,
+        stream,
+    )
 }
 
-async fn answer(
-    mut req: Request<Incoming>,
+/// Answers one request, whatever happens: every failure becomes a response.
+pub(crate) async fn answer(
+    mut req: Request<RequestBody>,
     ctx: Arc<ConnCtx>,
     stream: StreamGuard,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -121,7 +126,7 @@ type Answer<'a> = Result<(Response<ResponseBody>, &'a TargetMetrics), Failed<'a>
 /// headers of its response), `Err` with it when over the limit.
 fn check_limit(
     limit: &RateLimitRt,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     client: SocketAddr,
 ) -> Result<Decision, Decision> {
     let decision = limit.limiter.check(KeyInput {
@@ -145,7 +150,7 @@ fn limited(limit: &RateLimitRt, decision: Decision, grpc: bool) -> Response<Resp
 }
 
 async fn forward<'s>(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     snap: &'s ListenerSnapshot,
     ctx: &ConnCtx,
     start: Instant,
@@ -256,7 +261,6 @@ async fn forward<'s>(
     *req.uri_mut() = uri;
 
     let upgrade = proto == UpstreamProtocol::Http1 && is_upgrade(&req);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     match proto {
@@ -287,7 +291,7 @@ async fn forward<'s>(
                 Err(e) => return Err((e, m)),
             },
         },
-        _ => (req.map(RequestBody::Incoming), None),
+        _ => (req, None),
     };
     // A logged request's body bytes: counted as they stream (tunnels are counted as TCP).
     let req = if info.count_body && !upgrade {
@@ -354,13 +358,9 @@ async fn forward<'s>(
     resp.body_mut()
         .guard(Some(permit), BodyTimers::new(deadline, route.idle_timeout));
 
+    // A `101`'s upstream connection stays in its body: the HTTP/1 server takes it for the
+    // tunnel once the head is written.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching
-        && let Some(down) = downstream_upgrade
-        && let Some(up) = resp.body_mut().take_upgrade()
-    {
-        tokio::spawn(tunnel(down, up));
-    }
     strip_hop_by_hop(resp.headers_mut(), switching);
     route.response_headers.apply(resp.headers_mut());
     if let Some((limit, decision)) = admitted {
@@ -449,25 +449,30 @@ fn upstream_failed(e: &client::ClientError) -> ProxyError {
     }
 }
 
-/// Copies bytes both ways between the client's upgraded connection and the upstream's, the
-/// bytes the upstream sent right after its `101` first.
-async fn tunnel(down: hyper::upgrade::OnUpgrade, up: client::Upgraded) {
-    let down = match down.await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut d = TokioIo::new(down);
+/// Copies bytes both ways between the client's upgraded connection and the upstream's: first
+/// what the client sent past its request head, and what the upstream sent right after its
+/// `101`.
+pub(crate) async fn tunnel(
+    mut down: tokio::net::TcpStream,
+    sent_ahead: Bytes,
+    up: client::Upgraded,
+) {
+    use tokio::io::AsyncWriteExt;
     let mut u = up.io;
-    if !up.read_ahead.is_empty()
-        && let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut d, &up.read_ahead).await
-    {
+    let ahead = async {
+        if !sent_ahead.is_empty() {
+            u.write_all(&sent_ahead).await?;
+        }
+        if !up.read_ahead.is_empty() {
+            down.write_all(&up.read_ahead).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    if let Err(e) = ahead.await {
         tracing::debug!(error = %e, "upgraded connection failed");
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+    let _ = tokio::io::copy_bidirectional(&mut down, &mut u).await;
 }
 
 /// Whether an HTTP/2 upstream refused the stream (RFC 9113 §8.7: it did no work on it), or
