@@ -4,9 +4,10 @@
 //! validation; `snapshot` compiles it into the immutable tables the request path reads;
 //! `app` applies configs and runs the control thread (`admin`, `reload`); `workers` are
 //! single-threaded runtimes that each accept on their own `SO_REUSEPORT` sockets
-//! (`listener`), detect the protocol (`detect`), and serve HTTP (`http`: hyper's server, the
-//! request path in `http::proxy`, our HTTP/1.1 upstream client `http::client` and the
-//! per-worker upstream `http::pool`) or opaque TCP (`tcp`). Routing is
+//! (`listener`), detect the protocol (`detect`), and serve HTTP (`http`: our HTTP/1.1 server
+//! `http::server::h1` and hyper's HTTP/2 one, the request path in `http::proxy`, our HTTP/1.1
+//! upstream client `http::client`, the framing both share in `http::h1`, and the per-worker
+//! upstream `http::pool`) or opaque TCP (`tcp`). Routing is
 //! `router`, the weighted canary pick is `split`, failures map to responses in `error`.
 //! Resilience: `breaker` (per-backend limits, outlier ejection), `balance` (P2C over
 //! peak-EWMA, round robin, least request), `retry` (policy, backoff, budget) and `ratelimit`

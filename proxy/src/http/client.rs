@@ -9,7 +9,8 @@
 //! `read` for a small response, parsed by `httparse` (hyper's parser). The read buffer is
 //! reclaimed for the next response on the connection instead of reallocated (hyper reads ahead
 //! while slices of the last message still hold its buffer). HTTP/2 upstreams keep hyper's
-//! client; the downstream side keeps hyper's server, where the hostile input is.
+//! client. The downstream HTTP/1.1 side is ours too (`server::h1`); both share the framing in
+//! `http::h1`.
 //!
 //! Message framing follows RFC 9112: a request body goes with `Content-Length` when its length
 //! is known, chunked otherwise; a response is framed by its request's method and its status,

@@ -1,5 +1,6 @@
-//! Serves one downstream connection as HTTP/1.1 or HTTP/2, honouring the listener's limits and
-//! the drain signal (HTTP/1 finishes its exchange and closes; HTTP/2 gets a GOAWAY).
+//! Serves one downstream connection as HTTP/1.1 (our server, `h1`) or HTTP/2 (hyper's),
+//! honouring the listener's limits and the drain signal (HTTP/1 finishes its exchange and
+//! closes; HTTP/2 gets a GOAWAY).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -33,13 +34,14 @@ pub enum HttpVersion {
 /// Open requests of one connection and when it last had none: the `header_read_timeout` rule
 /// for both protocols. A connection with no request open for that long (a client that sends
 /// nothing, trickles a request head, or never finishes an HTTP/2 HEADERS block; or an idle
-/// keep-alive connection) is closed. hyper has this rule for HTTP/1 only, and pays for it per
-/// request (a boxed timer armed for every head); here it costs two atomic operations and a
-/// clock read per request, and one timer per connection that fires once per timeout.
+/// keep-alive connection) is closed. It costs two atomic operations and a clock read per
+/// request, and one timer per connection that fires once per timeout (hyper armed a boxed
+/// timer for every HTTP/1 head).
 ///
-/// A response whose body has ended may still be on its way out (hyper's buffer, waiting for a
-/// slow reader to make room in the socket): `Watched` marks the connection busy while a write
-/// waits, so its tail is not cut off.
+/// An HTTP/1 request stays open until its answer's last byte is written (the server drops the
+/// body after its last write). Under HTTP/2 a body that has ended may still wait in hyper's
+/// buffer for a slow reader to make room in the socket: `Watched` marks the connection busy
+/// while a write waits, so its tail is not cut off.
 pub struct Activity {
     open: AtomicUsize,
     /// The last write to the client found its socket full.
@@ -108,7 +110,7 @@ pub async fn serve_tcp(
 ) {
     if version == HttpVersion::Http2 {
         let io = Prefixed::new(prefix, stream);
-        return serve(io, version, settings, listener, client, drain).await;
+        return serve_h2(io, settings, listener, client, drain).await;
     }
     let activity = Arc::new(Activity::new());
     let ctx = Arc::new(ConnCtx {
@@ -142,10 +144,10 @@ pub async fn serve_tcp(
     }
 }
 
-/// Serves HTTP/2 on any byte stream (hyper's server).
-pub async fn serve<I>(
+/// Serves HTTP/2 on any byte stream (hyper's server). A drain sends GOAWAY and lets the open
+/// streams finish; an idle connection gets GOAWAY and little time.
+pub async fn serve_h2<I>(
     io: I,
-    version: HttpVersion,
     settings: &HttpSettings,
     listener: Arc<ArcSwap<ListenerSnapshot>>,
     client: SocketAddr,
@@ -173,90 +175,32 @@ pub async fn serve<I>(
         }
     };
     tokio::pin!(watch);
-    let result = match version {
-        HttpVersion::Http1 => {
-            tracing::error!(%client, "HTTP/1 is served by serve_tcp");
-            return;
-        }
-        HttpVersion::Http2 => {
-            let mut b = http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .max_concurrent_streams(settings.max_concurrent_streams)
-                .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-                .initial_stream_window_size(1 << 20)
-                .initial_connection_window_size(2 << 20);
-            let conn = b.serve_connection(io, svc);
-            tokio::pin!(conn);
-            drive(conn, watch, version, idle_limit, client).await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%client, error = %e, "downstream connection ended with an error");
-    }
-}
-
-/// hyper's HTTP/1 (with upgrades) and HTTP/2 server connections, as [`drive`] needs them.
-trait ServerConnection: Future<Output = hyper::Result<()>> {
-    fn shut_down(self: Pin<&mut Self>);
-}
-
-impl<I, B, S> ServerConnection for http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn shut_down(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, B, S, E> ServerConnection for http2::Connection<I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn shut_down(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-/// Runs `conn` until it ends, or until the watch asks: a drain shuts it down gracefully (HTTP/1
-/// finishes its exchange; HTTP/2 sends GOAWAY). An idle HTTP/1 connection is dropped, which
-/// closes it (nothing is in flight: a head never completed, or keep-alive with nothing sent;
-/// a graceful shutdown would wait for the head of a fresh connection to finish); an idle
-/// HTTP/2 one gets GOAWAY and little time.
-async fn drive<C: ServerConnection>(
-    mut conn: Pin<&mut C>,
-    watch: Pin<&mut impl Future<Output = Stop>>,
-    version: HttpVersion,
-    idle_limit: Duration,
-    client: SocketAddr,
-) -> hyper::Result<()> {
-    match Gated::new(conn.as_mut(), watch).await {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(2 << 20);
+    let conn = b.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let result = match Gated::new(conn.as_mut(), watch).await {
         Ended::Conn(r) => r,
         Ended::Watch(Stop::Drain) => {
-            conn.as_mut().shut_down();
+            conn.as_mut().graceful_shutdown();
             conn.await
         }
         Ended::Watch(Stop::Idle) => {
-            tracing::debug!(%client, ?version, "closing a connection idle for header_read_timeout");
-            if version == HttpVersion::Http1 {
-                return Ok(());
-            }
-            conn.as_mut().shut_down();
+            tracing::debug!(%client, "closing an HTTP/2 connection idle for header_read_timeout");
+            conn.as_mut().graceful_shutdown();
             // GOAWAY waits for the client's PING ack; a stalled client never sends one, and no
             // stream is open: don't wait long.
             tokio::time::timeout(idle_limit, conn)
                 .await
                 .unwrap_or(Ok(()))
         }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%client, error = %e, "downstream connection ended with an error");
     }
 }
 
@@ -480,7 +424,7 @@ mod tests {
                             BODY
                         ]))))
                     });
-                    let _ = http1::Builder::new()
+                    let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
