@@ -294,7 +294,20 @@ enum Exchange {
 
 #[tokio::test]
 async fn http1_keep_alive_reuses_the_client_and_upstream_connections() {
-    let backend = TestBackend::echo("a").await;
+    keep_alive_sequence(TestBackend::echo("a").await, "HTTP/1.1").await;
+}
+
+/// The same sequence to an HTTP/2 backend: request bodies are read by hyper's HTTP/2 client
+/// on its own task, and the client connection's read side comes back from there.
+#[tokio::test]
+async fn http1_keep_alive_holds_with_an_http2_backend() {
+    let backend = TestBackend::builder("a").http2().start().await;
+    keep_alive_sequence(backend, "HTTP/2.0").await;
+}
+
+/// Requests of every framing in turn on one client connection: each answered, the client and
+/// the upstream connection kept.
+async fn keep_alive_sequence(backend: TestBackend, upstream_version: &str) {
     let proxy = Proxy::start(config(
         &[listener("web", "http1", "a", &[])],
         &[backend.yaml()],
@@ -381,7 +394,7 @@ async fn http1_keep_alive_reuses_the_client_and_upstream_connections() {
             sent,
             "request {i} ({exchange:?}): body bytes upstream"
         );
-        assert_eq!(echo.version(), "HTTP/1.1");
+        assert_eq!(echo.version(), upstream_version);
     }
 
     assert_eq!(backend.requests(), exchanges.len());
