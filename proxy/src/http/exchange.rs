@@ -301,7 +301,10 @@ async fn one_try(
     upgrade: bool,
     per_try: Option<std::time::Duration>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let now = Instant::now();
+    let now = match info.arrived {
+        Some(arrived) if info.attempts == 0 && !info.fault_delayed => arrived,
+        _ => Instant::now(),
+    };
     let picked = backend.pick(now)?;
     backend.metrics.attempts.inc();
     info.attempts += 1;
@@ -312,7 +315,13 @@ async fn one_try(
         index: picked.probe.then_some(picked.index),
     };
     let in_flight = backend.balancer.start(picked.index, now);
-    let send = std::pin::pin!(super::proxy::send(backend, picked.endpoint, req, upgrade));
+    let send = std::pin::pin!(super::proxy::send(
+        backend,
+        picked.endpoint,
+        req,
+        upgrade,
+        now
+    ));
     let result = match per_try {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,

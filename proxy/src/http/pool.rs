@@ -74,8 +74,13 @@ impl Returner {
     }
 }
 
-/// A connection to `ep`: pooled if one is idle and alive, else a new one.
-pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, ProxyError> {
+/// A connection to `ep`: pooled if one is idle and alive (and not past its idle deadline at
+/// `now`), else a new one.
+pub async fn checkout(
+    backend: &BackendRt,
+    ep: &EndpointRt,
+    now: Instant,
+) -> Result<Checkout, ProxyError> {
     let s = &backend.settings;
     match s.protocol {
         UpstreamProtocol::Http1 => {
@@ -85,7 +90,7 @@ pub async fn checkout(backend: &BackendRt, ep: &EndpointRt) -> Result<Checkout, 
                 idle_timeout: s.idle_timeout,
             };
             while let Some((mut conn, expires)) = with_slot(ep.slot, |slot| slot.idle.pop()) {
-                if conn.is_usable() && Instant::now() <= expires {
+                if conn.is_usable() && now <= expires {
                     return Ok(Checkout::H1(conn, returner));
                 }
             }

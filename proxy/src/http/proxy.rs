@@ -67,6 +67,7 @@ pub(crate) async fn answer(
     let started = snap.observe.start(&mut req, ctx.client, start);
     let mut info = ExchangeInfo {
         count_body: started.logged(),
+        arrived: Some(start),
         ..ExchangeInfo::default()
     };
     let (mut resp, metrics) = match forward(req, &snap, &ctx, start, grpc, &mut info).await {
@@ -77,7 +78,12 @@ pub(crate) async fn answer(
         }
     };
     drop(in_flight);
-    metrics.record(resp.status(), start.elapsed());
+    // The time to the response head: when the upstream's came, else (answered here) now.
+    let took = match info.upstream_end {
+        Some(end) => end.saturating_duration_since(start),
+        None => start.elapsed(),
+    };
+    metrics.record(resp.status(), took);
     let status = resp.status();
     if let Some(pending) = snap
         .observe
@@ -400,16 +406,17 @@ fn spawn_mirror(backend: Arc<BackendRt>, req: Request<RequestBody>, timeout: Opt
     });
 }
 
-/// Sends on a pooled connection; a reused HTTP/1 connection that turns out dead before the
-/// upstream could have acted on the request (it closed it while idle) is replaced once,
-/// transparently.
+/// Sends on a pooled connection (`now`: the try's start, for the pool's idle deadlines); a
+/// reused HTTP/1 connection that turns out dead before the upstream could have acted on the
+/// request (it closed it while idle) is replaced once, transparently.
 pub(super) async fn send(
     backend: &BackendRt,
     ep: &crate::snapshot::EndpointRt,
     req: Request<RequestBody>,
     upgrade: bool,
+    now: Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    match pool::checkout(backend, ep).await? {
+    match pool::checkout(backend, ep, now).await? {
         Checkout::H1(conn, returner) => {
             let resp = match client::send(conn, req, upgrade, returner).await {
                 Ok(a) => a,

@@ -158,7 +158,7 @@ async fn send(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     tokio::time::timeout(
         DEADLINE,
-        crate::http::proxy::send(b, &b.endpoints[0], req, false),
+        crate::http::proxy::send(b, &b.endpoints[0], req, false, std::time::Instant::now()),
     )
     .await
     .expect("the exchange ends")
