@@ -291,3 +291,73 @@ fn mangled_request_heads_are_refused_cleanly() {
         }
     }
 }
+
+/// A request body reads its framing from the connection and, at its end, hands the read side
+/// back clean with what follows it (a pipelined request) still buffered; one dropped before
+/// its end hands it back unusable.
+#[tokio::test]
+async fn a_body_gives_the_connection_back_at_its_end() {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    let (rd, _wr) = server.into_split();
+    let shared = Arc::new(Shared {
+        back: Mutex::new(None),
+        want_continue: AtomicBool::new(false),
+        task: AtomicWaker::new(),
+    });
+    let body = |reader, state| Body {
+        reader: Some(reader),
+        state,
+        shared: Some(Arc::clone(&shared)),
+        expect_continue: true,
+    };
+    let reader = Box::new(Reader {
+        io: rd,
+        buf: BytesMut::from(&b"5\r\nhel"[..]),
+        fields: Vec::new(),
+    });
+    let mut chunked = body(reader, Decode::ChunkSize);
+    client
+        .write_all(b"lo\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\nGET /next")
+        .await
+        .expect("write");
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = chunked.frame().await {
+        let frame = frame.expect("a well-framed body");
+        match frame.into_data() {
+            Ok(d) => data.extend_from_slice(&d),
+            Err(f) => trailers = f.into_trailers().ok(),
+        }
+    }
+    assert_eq!(data, b"hello world");
+    assert_eq!(trailers.expect("trailers")["x-t"], "1");
+    assert!(
+        shared.want_continue.load(Ordering::Acquire),
+        "the first read asked for 100 Continue"
+    );
+    drop(chunked);
+    let reader = take_back(&shared).expect("handed back clean");
+    assert_eq!(
+        &reader.buf[..],
+        b"GET /next",
+        "the next request stays buffered"
+    );
+
+    // Dropped with bytes of its body unread: the connection cannot go on.
+    let mut sized = body(reader, Decode::Length(100));
+    drop(sized.frame().await);
+    drop(sized);
+    assert!(
+        take_back(&shared).is_none(),
+        "a body cut short ends its connection"
+    );
+}
