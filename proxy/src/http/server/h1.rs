@@ -372,15 +372,26 @@ fn client_gone(r: &mut Reader, cx: &mut Context<'_>) -> Poll<bool> {
 }
 
 /// Reads until a request head is complete. `Ok(None)`: the client closed between requests.
+///
+/// A head that arrives in pieces is parsed again only once a piece brings a blank line (the
+/// head's end): a client trickling a 64 KiB head a byte at a time would otherwise have it
+/// parsed from the start 64 Ki times.
 async fn read_head(r: &mut Reader, limits: Limits) -> Result<Option<Head>, Refusal> {
+    // How much of the buffer is known to hold no head end.
+    let mut scanned = 0;
     loop {
-        if !r.buf.is_empty() {
+        if !r.buf.is_empty() && (scanned == 0 || has_blank_line(&r.buf, scanned)) {
             if let Some(head) = parse_head(&mut r.buf, &mut r.fields, limits)? {
                 return Ok(Some(head));
             }
             if r.buf.len() >= limits.max_head_bytes {
                 return Err(Refusal::TooLarge);
             }
+            scanned = r.buf.len();
+        } else if r.buf.len() >= limits.max_head_bytes {
+            return Err(Refusal::TooLarge);
+        } else {
+            scanned = r.buf.len();
         }
         r.buf.reserve(READ_CHUNK);
         let n = match r.io.read_buf(&mut r.buf).await {
@@ -394,6 +405,15 @@ async fn read_head(r: &mut Reader, limits: Limits) -> Result<Option<Head>, Refus
             return Err(Refusal::BadRequest("the connection closed mid-head"));
         }
     }
+}
+
+/// Whether `buf` past `from` (less the three bytes a blank line can straddle) holds a blank
+/// line: `\n\n` or `\n\r\n` (the parser takes bare `\n` line ends too).
+fn has_blank_line(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3).min(buf.len())..];
+    tail.windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'\n' && (w[1] == b'\n' || (w[1] == b'\r' && tail.get(i + 2) == Some(&b'\n')))
+    })
 }
 
 /// Parses a request head at the start of `buf` and consumes it; `Ok(None)` when incomplete.

@@ -361,3 +361,62 @@ async fn a_body_gives_the_connection_back_at_its_end() {
         "a body cut short ends its connection"
     );
 }
+
+#[test]
+fn blank_lines_are_found_across_pieces() {
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    for from in 0..head.len() {
+        assert!(has_blank_line(head, from), "from {from}");
+    }
+    assert!(!has_blank_line(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
+    assert!(has_blank_line(b"GET / HTTP/1.1\nHost: x\n\n", 20));
+    assert!(!has_blank_line(b"GET / HTTP/1.1\r\nHost: x\r\n\r", 0));
+}
+
+/// A head that arrives in pieces, split anywhere (here inside its final CRLF CRLF), is read
+/// whole and parsed once its end is in.
+#[tokio::test]
+async fn a_head_in_pieces_is_read_whole() {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    client.set_nodelay(true).expect("nodelay");
+    let (server, _) = listener.accept().await.expect("accept");
+    let (rd, _wr) = server.into_split();
+    let mut reader = Reader {
+        io: rd,
+        buf: BytesMut::new(),
+        fields: Vec::new(),
+    };
+    let writer = tokio::spawn(async move {
+        for piece in [
+            &b"GET /p"[..],
+            b"ieces HTTP/1.1\r\nHo",
+            b"st: x\r",
+            b"\n\r",
+            b"\nGET",
+        ] {
+            client.write_all(piece).await.expect("write");
+            // A pause so that the pieces arrive as separate reads. Not a wait for a state: if
+            // two pieces coalesce, the test still holds, it only covers one split less.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        client
+    });
+    let head = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        read_head(&mut reader, LIMITS),
+    )
+    .await
+    .expect("in time")
+    .expect("valid")
+    .expect("a head");
+    assert_eq!(head.request.uri(), "/pieces");
+    assert_eq!(head.request.headers()["host"], "x");
+    let _client = writer.await.expect("writer");
+}
