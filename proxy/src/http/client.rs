@@ -22,8 +22,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,8 +31,8 @@ use tokio::net::TcpStream;
 use crate::breaker::Permit;
 use crate::http::body::RequestBody;
 use crate::http::h1::{
-    Decode, Step, chunk_size_line, content_length, content_length_value, last_coding_is_chunked,
-    push_field, push_trailers, write_all_vectored,
+    Decode, Step, chunk_size_line, content_length, header_map, note_fields, push_field,
+    push_trailers, write_all_vectored,
 };
 use crate::http::pool::Returner;
 
@@ -419,15 +419,7 @@ fn parse_head(
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // Offsets, not slices: the head is split off and frozen below, and its values are
-        // slices of that (no copy). `len` is under MAX_HEAD_BYTES, so offsets fit `u32`.
-        let base = buf.as_ptr() as usize;
-        let offset = |p: *const u8| u32::try_from(p as usize - base).unwrap_or(u32::MAX);
-        fields.clear();
-        for h in res.headers.iter() {
-            let (n, v) = (offset(h.name.as_ptr()), offset(h.value.as_ptr()));
-            fields.push([n, n + h.name.len() as u32, v, v + h.value.len() as u32]);
-        }
+        note_fields(buf, res.headers, fields);
         let status =
             StatusCode::from_u16(code).map_err(|_| ClientError::Invalid("invalid status code"))?;
         if status.is_informational() && !(status == StatusCode::SWITCHING_PROTOCOLS && upgrade) {
@@ -443,46 +435,13 @@ fn parse_head(
         let head = buf.split_to(len).freeze();
         // Room for the few fields the proxy adds (request id, rate-limit headers) without
         // the map growing.
-        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
-        // The framing fields are noted as they go in (a name compare each), not looked up
-        // again afterwards.
-        let mut reusable = version == Version::HTTP_11;
-        let (mut te, mut te_chunked, mut length) = (false, false, None);
-        for &[n0, n1, v0, v1] in fields.iter() {
-            let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-            let name = head
-                .get(n0..n1)
-                .and_then(|n| HeaderName::from_bytes(n).ok())
-                .ok_or(ClientError::Invalid("invalid header name"))?;
-            if v1 > head.len() || v0 > v1 {
-                return Err(ClientError::Invalid("invalid header value"));
-            }
-            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-                .map_err(|_| ClientError::Invalid("invalid header value"))?;
-            if name == CONTENT_LENGTH {
-                // `None`: absent so far; `Some(None)`: invalid, or two that disagree.
-                length = Some(match (length, content_length_value(value.as_bytes())) {
-                    (Some(None), _) | (_, None) => None,
-                    (None, n) => n,
-                    (Some(Some(a)), Some(b)) => (a == b).then_some(a),
-                });
-            } else if name == TRANSFER_ENCODING {
-                te = true;
-                te_chunked = last_coding_is_chunked(value.as_bytes());
-            } else if name == CONNECTION {
-                for token in value.as_bytes().split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        reusable = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive")
-                        && version == Version::HTTP_10
-                    {
-                        reusable = true;
-                    }
-                }
-            }
-            headers.append(name, value);
-        }
+        let (headers, fields) =
+            header_map(&head, fields, 2, |_, _| {}).map_err(ClientError::Invalid)?;
+        let mut reusable = match version {
+            Version::HTTP_10 => fields.keep_alive && !fields.close,
+            _ => !fields.close,
+        };
+        let (te, te_chunked, length) = (fields.transfer_encoding, fields.chunked, fields.length);
         let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
             reusable = false;
             Framing::Length(0)

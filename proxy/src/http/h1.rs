@@ -253,3 +253,97 @@ pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+/// Where a parsed head's fields lie in its buffer: `[name start, name end, value start, value
+/// end]`. Offsets, not slices: the head is then split off its buffer and frozen, and the values
+/// become slices of that (no copy). Heads are far under 4 GiB, so offsets fit `u32`.
+pub(crate) fn note_fields(buf: &[u8], parsed: &[httparse::Header<'_>], fields: &mut Vec<[u32; 4]>) {
+    let base = buf.as_ptr() as usize;
+    let offset = |p: *const u8| u32::try_from(p as usize - base).unwrap_or(u32::MAX);
+    fields.clear();
+    for h in parsed {
+        let (n, v) = (offset(h.name.as_ptr()), offset(h.value.as_ptr()));
+        fields.push([n, n + h.name.len() as u32, v, v + h.value.len() as u32]);
+    }
+}
+
+/// What a head's framing and connection fields said, noted as the fields went into the map (a
+/// name compare each) rather than looked up again afterwards.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Framing {
+    /// `Transfer-Encoding` was present, and whether its last coding is `chunked`.
+    pub transfer_encoding: bool,
+    pub chunked: bool,
+    /// `None`: no `Content-Length`; `Some(None)`: an invalid one, or several that disagree.
+    pub length: Option<Option<u64>>,
+    /// `Connection` listed `close` / `keep-alive`.
+    pub close: bool,
+    pub keep_alive: bool,
+}
+
+/// The header map of a head split off as `head`, from the offsets [`note_fields`] took, with
+/// room for `extra` more fields; `seen` gets every other field as it goes in. `Err` names what
+/// was invalid.
+pub(crate) fn header_map(
+    head: &Bytes,
+    fields: &[[u32; 4]],
+    extra: usize,
+    mut seen: impl FnMut(&HeaderName, &HeaderValue),
+) -> Result<(HeaderMap, Framing), &'static str> {
+    use http::header::{CONNECTION, TRANSFER_ENCODING};
+    let mut headers = HeaderMap::with_capacity(fields.len() + extra);
+    let mut framing = Framing::default();
+    for &[n0, n1, v0, v1] in fields {
+        let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
+        let name = head
+            .get(n0..n1)
+            .and_then(|n| HeaderName::from_bytes(n).ok())
+            .ok_or("invalid header name")?;
+        if v1 > head.len() || v0 > v1 {
+            return Err("invalid header value");
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            .map_err(|_| "invalid header value")?;
+        if name == CONTENT_LENGTH {
+            framing.length = Some(
+                match (framing.length, content_length_value(value.as_bytes())) {
+                    (Some(None), _) | (_, None) => None,
+                    (None, n) => n,
+                    (Some(Some(a)), Some(b)) => (a == b).then_some(a),
+                },
+            );
+        } else if name == TRANSFER_ENCODING {
+            framing.transfer_encoding = true;
+            framing.chunked = last_coding_is_chunked(value.as_bytes());
+        } else if name == CONNECTION {
+            let v = value.as_bytes();
+            framing.close |= has_token(v, b"close");
+            framing.keep_alive |= has_token(v, b"keep-alive");
+        } else {
+            seen(&name, &value);
+        }
+        headers.append(name, value);
+    }
+    Ok((headers, framing))
+}
+
+/// For tests of parsers: `bytes` damaged at one to three places (a byte flipped, dropped or
+/// inserted, or the rest cut off), as hostile or broken peers send them.
+#[cfg(test)]
+pub(crate) fn mangle(mut bytes: Vec<u8>, rng: &mut fastrand::Rng) -> Vec<u8> {
+    for _ in 0..rng.usize(1..4) {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = rng.usize(..bytes.len());
+        match rng.u8(..4) {
+            0 => bytes[at] = rng.u8(..),
+            1 => {
+                bytes.remove(at);
+            }
+            2 => bytes.insert(at, *rng.choice(b"\r\n:, 0\t").unwrap_or(&b'x')),
+            _ => bytes.truncate(at),
+        }
+    }
+    bytes
+}

@@ -125,13 +125,7 @@ pub async fn serve_tcp(
     let idle_limit = settings.header_read_timeout;
     let conn = h1::serve(stream, prefix, limits, ctx, drain.clone());
     tokio::pin!(conn);
-    let watch = async {
-        tokio::select! {
-            biased;
-            () = drain.cancelled() => Stop::Drain,
-            () = until_idle_too_long(&activity, idle_limit) => Stop::Idle,
-        }
-    };
+    let watch = watch(&drain, &activity, idle_limit);
     tokio::pin!(watch);
     match Gated::new(conn.as_mut(), watch).await {
         Ended::Conn(()) => {}
@@ -167,13 +161,7 @@ pub async fn serve_h2<I>(
         activity: Arc::clone(&activity),
     });
     let idle_limit = settings.header_read_timeout;
-    let watch = async {
-        tokio::select! {
-            biased;
-            () = drain.cancelled() => Stop::Drain,
-            () = until_idle_too_long(&activity, idle_limit) => Stop::Idle,
-        }
-    };
+    let watch = watch(&drain, &activity, idle_limit);
     tokio::pin!(watch);
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
@@ -201,6 +189,16 @@ pub async fn serve_h2<I>(
     };
     if let Err(e) = result {
         tracing::debug!(%client, error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// Resolves when the connection must end from our side: the listener drains, or no request
+/// has been open for `idle_limit`.
+async fn watch(drain: &CancellationToken, activity: &Activity, idle_limit: Duration) -> Stop {
+    tokio::select! {
+        biased;
+        () = drain.cancelled() => Stop::Drain,
+        () = until_idle_too_long(activity, idle_limit) => Stop::Idle,
     }
 }
 

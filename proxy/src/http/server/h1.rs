@@ -30,9 +30,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::h1::{
-    Decode, Step, chunk_size_line, content_length_value, has_token, last_coding_is_chunked,
+    Decode, Step, chunk_size_line, content_length_value, has_token, header_map, note_fields,
     push_field, push_trailers, write_all_vectored,
 };
 use crate::http::proxy::{ConnCtx, answer, tunnel};
@@ -451,60 +449,29 @@ fn parse_head(
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Offsets, not slices: the head is split off and frozen below, and the target and the
-    // values are slices of it (no copy). The head is under `max_head_bytes`, checked above.
-    let base = buf.as_ptr() as usize;
-    let offset = |p: *const u8| u32::try_from(p as usize - base).unwrap_or(u32::MAX);
+    // The target and the field values become slices of the head, split off and frozen.
     let path = req.path.unwrap_or("");
-    let target = offset(path.as_ptr()) as usize..offset(path.as_ptr()) as usize + path.len();
-    fields.clear();
-    for h in req.headers.iter() {
-        let (n, v) = (offset(h.name.as_ptr()), offset(h.value.as_ptr()));
-        fields.push([n, n + h.name.len() as u32, v, v + h.value.len() as u32]);
-    }
+    let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = start..start + path.len();
+    note_fields(buf, req.headers, fields);
     let head = buf.split_to(len).freeze();
     let uri =
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("invalid request target"))?;
-    // Room for the fields the proxy adds (request id, trace context) without the map growing.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
-    let mut keep_alive = version == Version::HTTP_11;
-    let (mut te, mut te_chunked, mut length) = (false, false, None);
     let (mut expect_continue, mut trailers) = (false, false);
-    for &[n0, n1, v0, v1] in fields.iter() {
-        let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-        let name = head
-            .get(n0..n1)
-            .and_then(|n| HeaderName::from_bytes(n).ok())
-            .ok_or(bad("invalid header name"))?;
-        if v1 > head.len() || v0 > v1 {
-            return Err(bad("invalid header value"));
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-            .map_err(|_| bad("invalid header value"))?;
-        if name == CONTENT_LENGTH {
-            // `None`: absent so far; `Some(None)`: invalid, or two that disagree.
-            length = Some(match (length, content_length_value(value.as_bytes())) {
-                (Some(None), _) | (_, None) => None,
-                (None, n) => n,
-                (Some(Some(a)), Some(b)) => (a == b).then_some(a),
-            });
-        } else if name == TRANSFER_ENCODING {
-            te = true;
-            te_chunked = last_coding_is_chunked(value.as_bytes());
-        } else if name == CONNECTION {
-            let v = value.as_bytes();
-            if has_token(v, b"close") {
-                keep_alive = false;
-            } else if version == Version::HTTP_10 && has_token(v, b"keep-alive") {
-                keep_alive = true;
-            }
-        } else if name == EXPECT {
+    // Room for the fields the proxy adds (request id, trace context) without the map growing.
+    let (headers, framing) = header_map(&head, fields, 4, |name, value| {
+        if name == EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == TE {
             trailers = has_token(value.as_bytes(), b"trailers");
         }
-        headers.append(name, value);
-    }
+    })
+    .map_err(bad)?;
+    let keep_alive = match version {
+        Version::HTTP_10 => framing.keep_alive && !framing.close,
+        _ => !framing.close,
+    };
+    let (te, te_chunked, length) = (framing.transfer_encoding, framing.chunked, framing.length);
     // RFC 9112 §6.1-6.3: chunked must be the last coding; both framings at once, or a
     // chunked HTTP/1.0 message, are refused rather than guessed at (request smuggling).
     let body = match (te, length) {

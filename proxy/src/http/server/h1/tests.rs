@@ -266,21 +266,7 @@ fn mangled_request_heads_are_refused_cleanly() {
     let mut rng = fastrand::Rng::with_seed(11);
     let mut fields = Vec::new();
     for round in 0..20_000 {
-        let mut bytes = corpus[round % corpus.len()].to_vec();
-        for _ in 0..rng.usize(1..4) {
-            if bytes.is_empty() {
-                break;
-            }
-            let at = rng.usize(..bytes.len());
-            match rng.u8(..4) {
-                0 => bytes[at] = rng.u8(..),
-                1 => {
-                    bytes.remove(at);
-                }
-                2 => bytes.insert(at, *rng.choice(b"\r\n:, 0\t").unwrap_or(&b'x')),
-                _ => bytes.truncate(at),
-            }
-        }
+        let bytes = crate::http::h1::mangle(corpus[round % corpus.len()].to_vec(), &mut rng);
         let mut buf = BytesMut::from(&bytes[..]);
         let before = buf.len();
         if let Ok(Some(head)) = parse_head(&mut buf, &mut fields, LIMITS) {
@@ -300,14 +286,7 @@ async fn a_body_gives_the_connection_back_at_its_end() {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
-        .await
-        .expect("connect");
-    let (server, _) = listener.accept().await.expect("accept");
-    let (rd, _wr) = server.into_split();
+    let (mut client, rd, _wr) = tcp_pair().await;
     let shared = Arc::new(Shared {
         back: Mutex::new(None),
         want_continue: AtomicBool::new(false),
@@ -379,15 +358,7 @@ fn blank_lines_are_found_across_pieces() {
 async fn a_head_in_pieces_is_read_whole() {
     use tokio::io::AsyncWriteExt;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
-        .await
-        .expect("connect");
-    client.set_nodelay(true).expect("nodelay");
-    let (server, _) = listener.accept().await.expect("accept");
-    let (rd, _wr) = server.into_split();
+    let (mut client, rd, _wr) = tcp_pair().await;
     let mut reader = Reader {
         io: rd,
         buf: BytesMut::new(),
@@ -419,4 +390,18 @@ async fn a_head_in_pieces_is_read_whole() {
     assert_eq!(head.request.uri(), "/pieces");
     assert_eq!(head.request.headers()["host"], "x");
     let _client = writer.await.expect("writer");
+}
+
+/// A client connection on loopback (no Nagle delay) and the server side's halves.
+async fn tcp_pair() -> (tokio::net::TcpStream, OwnedReadHalf, OwnedWriteHalf) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    client.set_nodelay(true).expect("nodelay");
+    let (server, _) = listener.accept().await.expect("accept");
+    let (rd, wr) = server.into_split();
+    (client, rd, wr)
 }
