@@ -1123,6 +1123,61 @@ async fn grpc_passes_through_with_a_real_client_and_server() {
 
 // --- 5. trailers over HTTP/2 ---------------------------------------------------------------------
 
+/// An HTTP/1.1 client that says `TE: trailers` gets an upstream's trailers at the end of a
+/// chunked answer; one that does not gets the same body without them (RFC 9110 §6.5.1). Its
+/// own chunked trailers reach the upstream.
+#[tokio::test]
+async fn http1_clients_get_trailers_when_they_take_them() {
+    let h2 = TestBackend::builder("h2")
+        .http2()
+        .response_trailers(&[("grpc-status", "0")])
+        .start()
+        .await;
+    let proxy = Proxy::start(config(&[listener("web", "http1", "h2", &[])], &[h2.yaml()])).await;
+    let client = http1_client();
+
+    let r = client
+        .send(
+            "GET",
+            &proxy.url("web", "/t"),
+            &[("te", "trailers")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.trailer("grpc-status"),
+        Some("0"),
+        "trailers: {:?}",
+        r.trailers
+    );
+    assert!(r.header("grpc-status").is_none());
+
+    let r = client.get(&proxy.url("web", "/plain")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.trailers.is_none() || r.trailer("grpc-status").is_none(),
+        "{:?}",
+        r.trailers
+    );
+    assert_eq!(r.echo().path(), "/plain", "the body is whole");
+
+    // A chunked upload with trailers, written raw (hyper's client sends request trailers only
+    // when a `Trailer` field declares them).
+    let raw = raw_http1(
+        proxy.addr("web"),
+        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-request-sum\r\n\r\n\
+         5\r\nhello\r\n0\r\nx-request-sum: 42\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), Some(200), "{raw:.300}");
+    let echo = &raw[raw.find("\r\n\r\n").map_or(0, |i| i + 4)..];
+    assert!(
+        echo.contains("x-request-sum") && echo.contains("42"),
+        "the upstream saw the trailer: {echo:.600}"
+    );
+}
+
 #[tokio::test]
 async fn h2_trailers_pass_end_to_end() {
     let small = TestBackend::builder("small")
