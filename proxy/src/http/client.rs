@@ -29,7 +29,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::breaker::Permit;
-use crate::http::body::RequestBody;
+use crate::http::body::{BoxedRequest, RequestBody};
 use crate::http::h1::{
     Decode, Step, chunk_size_line, content_length, header_map, note_fields, push_field,
     push_trailers, write_all_vectored,
@@ -126,7 +126,7 @@ enum Framing {
 #[derive(Debug)]
 pub struct SendError {
     pub error: ClientError,
-    pub retry: Option<Box<Request<RequestBody>>>,
+    pub retry: Option<BoxedRequest>,
 }
 
 /// An upstream connection switched to another protocol, with any bytes already read past the
@@ -193,7 +193,7 @@ fn idempotent(m: &Method) -> bool {
 /// and hands it to `returner` once read to its end (if the connection can be used again).
 pub async fn send(
     mut conn: Conn,
-    req: Request<RequestBody>,
+    req: BoxedRequest,
     upgrade: bool,
     returner: Returner,
 ) -> Result<Response<Body>, SendError> {
@@ -218,7 +218,7 @@ pub async fn send(
         Ok(parsed) => Ok(finish(conn, parsed, returner)),
         Err((error, retry)) => Err(SendError {
             error,
-            retry: retry.then(|| Box::new(req)),
+            retry: retry.then_some(req),
         }),
     }
 }
@@ -227,13 +227,13 @@ pub async fn send(
 /// before the body is all sent.
 async fn send_with_body(
     mut conn: Conn,
-    req: Request<RequestBody>,
+    req: BoxedRequest,
     upgrade: bool,
     returner: Returner,
 ) -> Result<Response<Body>, SendError> {
     let framing = encode_head(&mut conn.head, &req);
     let fail = |error| SendError { error, retry: None };
-    let (parts, body) = req.into_parts();
+    let (parts, body) = (*req).into_parts();
     let early = {
         let Connection {
             io,

@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 
 use crate::breaker::{Outcome as BreakerOutcome, Permit, Resource};
 use crate::error::ProxyError;
-use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::body::{BoxedRequest, RequestBody, ResponseBody};
 use crate::http::observe::ExchangeInfo;
 use crate::metrics::TargetMetrics;
 use crate::retry::{self, Failure, GiveUp, Outcome, RetryPolicy};
@@ -87,29 +87,36 @@ fn rebuild(
 }
 
 impl Replay {
-    fn request(&self) -> Request<RequestBody> {
-        rebuild(
+    fn request(&self) -> BoxedRequest {
+        Box::new(rebuild(
             &self.method,
             &self.uri,
             self.version,
             &self.headers,
             self.body.clone(),
-        )
+        ))
     }
 
     /// Keeps `req` for replays when `policy` may retry it. A request without a body is ready
     /// at once; a small one of known length must first be read whole (`ReadBody`).
-    pub fn prepare(req: Request<RequestBody>, policy: &RetryPolicy) -> Prepared {
+    pub fn prepare(mut req: BoxedRequest, policy: &RetryPolicy) -> Prepared {
         let body_is_empty = req.body().is_end_stream();
         let length = req.body().size_hint().exact();
         if !policy.retriable_request(req.method(), length, body_is_empty) {
             return Prepared::Ready(req, None);
         }
-        let (parts, body) = req.into_parts();
         if body_is_empty {
-            let replay = Replay::from_parts(&parts, None);
-            return Prepared::Ready(Request::from_parts(parts, RequestBody::Empty), Some(replay));
+            let replay = Replay {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                headers: copy_headers(req.headers()),
+                body: None,
+            };
+            *req.body_mut() = RequestBody::Empty;
+            return Prepared::Ready(req, Some(replay));
         }
+        let (parts, body) = (*req).into_parts();
         Prepared::ReadBody(Box::pin(async move {
             let bytes = match body.collect().await {
                 Ok(c) => c.to_bytes(),
@@ -120,7 +127,7 @@ impl Replay {
             };
             let replay = Replay::from_parts(&parts, Some(bytes.clone()));
             Ok((
-                Request::from_parts(parts, RequestBody::full(bytes)),
+                Box::new(Request::from_parts(parts, RequestBody::full(bytes))),
                 Some(replay),
             ))
         }))
@@ -137,27 +144,26 @@ impl Replay {
     }
 
     /// A copy for a mirror, when the body is already whole (or there is none).
-    pub fn mirror_copy(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    pub fn mirror_copy(req: &Request<RequestBody>) -> Option<BoxedRequest> {
         let body = match req.body() {
             RequestBody::Empty => None,
             RequestBody::Full(b) => b.clone(),
             RequestBody::Incoming(b) | RequestBody::Counted(b, _) if b.is_end_stream() => None,
             RequestBody::Incoming(_) | RequestBody::Counted(..) => return None,
         };
-        Some(rebuild(
+        Some(Box::new(rebuild(
             req.method(),
             req.uri(),
             req.version(),
             req.headers(),
             body,
-        ))
+        )))
     }
 }
 
 type ReadBody = std::pin::Pin<
     Box<
-        dyn std::future::Future<Output = Result<(Request<RequestBody>, Option<Replay>), ProxyError>>
-            + Send,
+        dyn std::future::Future<Output = Result<(BoxedRequest, Option<Replay>), ProxyError>> + Send,
     >,
 >;
 
@@ -165,7 +171,7 @@ type ReadBody = std::pin::Pin<
 // `Ready` is the common case and lives on the stack; boxing it would allocate per request.
 #[allow(clippy::large_enum_variant)]
 pub enum Prepared {
-    Ready(Request<RequestBody>, Option<Replay>),
+    Ready(BoxedRequest, Option<Replay>),
     /// The body must be read whole first (boxed: only requests with a body on a retrying
     /// route pay for it, and the common path's future stays small).
     ReadBody(ReadBody),
@@ -188,7 +194,7 @@ pub async fn exchange(
     backend: &BackendRt,
     metrics: Option<&TargetMetrics>,
     info: &mut ExchangeInfo,
-    req: Request<RequestBody>,
+    req: BoxedRequest,
     upgrade: bool,
     policy: Option<&RetryPolicy>,
     replay: Option<Replay>,
@@ -297,7 +303,7 @@ async fn one_try(
     backend: &BackendRt,
     metrics: Option<&TargetMetrics>,
     info: &mut ExchangeInfo,
-    req: Request<RequestBody>,
+    req: BoxedRequest,
     upgrade: bool,
     per_try: Option<std::time::Duration>,
 ) -> Result<Response<ResponseBody>, ProxyError> {

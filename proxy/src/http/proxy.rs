@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::config::{PathModifier, Redirect, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::http::body::{BodyTimers, RequestBody, ResponseBody, UpstreamBody};
+use crate::http::body::{BodyTimers, BoxedRequest, RequestBody, ResponseBody, UpstreamBody};
 use crate::http::client::{self, SendError};
 use crate::http::exchange::{self, Prepared, Replay};
 use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
@@ -45,7 +45,7 @@ pub fn handle(
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     let stream = ctx.activity.begin();
     answer(
-        req.map(|b| RequestBody::Incoming(http_body_util::Either::Right(b))),
+        Box::new(req.map(|b| RequestBody::Incoming(http_body_util::Either::Right(b)))),
         ctx,
         stream,
     )
@@ -53,7 +53,7 @@ pub fn handle(
 
 /// Answers one request, whatever happens: every failure becomes a response.
 pub(crate) async fn answer(
-    mut req: Request<RequestBody>,
+    mut req: BoxedRequest,
     ctx: Arc<ConnCtx>,
     stream: StreamGuard,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -156,7 +156,7 @@ fn limited(limit: &RateLimitRt, decision: Decision, grpc: bool) -> Response<Resp
 }
 
 async fn forward<'s>(
-    mut req: Request<RequestBody>,
+    mut req: BoxedRequest,
     snap: &'s ListenerSnapshot,
     ctx: &ConnCtx,
     start: Instant,
@@ -300,15 +300,13 @@ async fn forward<'s>(
         _ => (req, None),
     };
     // A logged request's body bytes: counted as they stream (tunnels are counted as TCP).
-    let req = if info.count_body && !upgrade {
-        req.map(|body| {
-            let (body, bytes_in) = body.counted();
-            info.bytes_in = bytes_in;
-            body
-        })
-    } else {
-        req
-    };
+    let mut req = req;
+    if info.count_body && !upgrade {
+        let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
+        let (body, bytes_in) = body.counted();
+        info.bytes_in = bytes_in;
+        *req.body_mut() = body;
+    }
     if let Some(mirror) = &route.mirror
         && roll(mirror.ppm)
         && let Some(copy) = Replay::mirror_copy(&req)
@@ -383,7 +381,7 @@ fn roll(ppm: u32) -> bool {
 /// Sends a mirror copy in the background: fire and forget, bounded by the mirror backend's
 /// own circuit breaker and by `timeout` (the route's, else 15 s), its response read and
 /// discarded.
-fn spawn_mirror(backend: Arc<BackendRt>, req: Request<RequestBody>, timeout: Option<Duration>) {
+fn spawn_mirror(backend: Arc<BackendRt>, req: BoxedRequest, timeout: Option<Duration>) {
     tokio::spawn(async move {
         let Ok(_permit) = exchange::request_permit(&backend) else {
             return;
@@ -412,7 +410,7 @@ fn spawn_mirror(backend: Arc<BackendRt>, req: Request<RequestBody>, timeout: Opt
 pub(super) async fn send(
     backend: &BackendRt,
     ep: &crate::snapshot::EndpointRt,
-    req: Request<RequestBody>,
+    req: BoxedRequest,
     upgrade: bool,
     now: Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -426,7 +424,7 @@ pub(super) async fn send(
                 }) => {
                     tracing::debug!(%error, "pooled upstream connection was closed; sending on a new one");
                     let fresh = Box::pin(pool::connect_fresh_h1(backend, ep)).await?;
-                    Box::pin(client::send(fresh, *req, upgrade, returner))
+                    Box::pin(client::send(fresh, req, upgrade, returner))
                         .await
                         .map_err(|e| upstream_failed(&e.error))?
                 }
@@ -435,7 +433,7 @@ pub(super) async fn send(
             Ok(resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b))))
         }
         Checkout::H2(mut sender) => {
-            let resp = sender.send_request(req).await.map_err(|e| {
+            let resp = sender.send_request(*req).await.map_err(|e| {
                 tracing::debug!(error = %e, "upstream HTTP/2 exchange failed");
                 if refused_stream(&e) {
                     ProxyError::RefusedStream

@@ -158,7 +158,13 @@ async fn send(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     tokio::time::timeout(
         DEADLINE,
-        crate::http::proxy::send(b, &b.endpoints[0], req, false, std::time::Instant::now()),
+        crate::http::proxy::send(
+            b,
+            &b.endpoints[0],
+            Box::new(req),
+            false,
+            std::time::Instant::now(),
+        ),
     )
     .await
     .expect("the exchange ends")

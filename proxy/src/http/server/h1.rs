@@ -254,7 +254,7 @@ pub async fn serve(
         let req = match body {
             None => {
                 reader = Some(r);
-                request.map(|()| RequestBody::Empty)
+                Box::new(request.map(|()| RequestBody::Empty))
             }
             Some(state) => {
                 let body = Body {
@@ -263,7 +263,9 @@ pub async fn serve(
                     shared: Some(Arc::clone(&shared)),
                     expect_continue,
                 };
-                request.map(|()| RequestBody::Incoming(http_body_util::Either::Left(body)))
+                Box::new(
+                    request.map(|()| RequestBody::Incoming(http_body_util::Either::Left(body))),
+                )
             }
         };
         let stream_guard = ctx.activity.begin();
