@@ -25,6 +25,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// costs less than moving a ≈ 220-byte request at each step.
 pub type BoxedRequest = Box<http::Request<RequestBody>>;
 
+/// A response on its way back, boxed once where it is made, for the same reason.
+pub type BoxedResponse = Box<http::Response<ResponseBody>>;
+
 /// A request body from the client: read by our HTTP/1 server, or hyper's HTTP/2 one.
 pub type ClientBody = http_body_util::Either<h1::Body, Incoming>;
 

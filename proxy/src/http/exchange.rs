@@ -13,13 +13,13 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
 use crate::breaker::{Outcome as BreakerOutcome, Permit, Resource};
 use crate::error::ProxyError;
-use crate::http::body::{BoxedRequest, RequestBody, ResponseBody};
+use crate::http::body::{BoxedRequest, BoxedResponse, RequestBody};
 use crate::http::observe::ExchangeInfo;
 use crate::metrics::TargetMetrics;
 use crate::retry::{self, Failure, GiveUp, Outcome, RetryPolicy};
@@ -198,7 +198,7 @@ pub async fn exchange(
     upgrade: bool,
     policy: Option<&RetryPolicy>,
     replay: Option<Replay>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<BoxedResponse, ProxyError> {
     // One call site of `one_try` for first tries and retries alike: each call site would add
     // the try's whole future to this one's size.
     let per_try = policy.and_then(|p| p.per_try_timeout);
@@ -306,7 +306,7 @@ async fn one_try(
     req: BoxedRequest,
     upgrade: bool,
     per_try: Option<std::time::Duration>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<BoxedResponse, ProxyError> {
     let now = match info.arrived {
         Some(arrived) if info.attempts == 0 && !info.fault_delayed => arrived,
         _ => Instant::now(),

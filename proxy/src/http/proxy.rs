@@ -16,7 +16,9 @@ use hyper::body::Incoming;
 
 use crate::config::{PathModifier, Redirect, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::http::body::{BodyTimers, BoxedRequest, RequestBody, ResponseBody, UpstreamBody};
+use crate::http::body::{
+    BodyTimers, BoxedRequest, BoxedResponse, RequestBody, ResponseBody, UpstreamBody,
+};
 use crate::http::client::{self, SendError};
 use crate::http::exchange::{self, Prepared, Replay};
 use crate::http::headers::{authority, is_upgrade, strip_hop_by_hop};
@@ -44,11 +46,12 @@ pub fn handle(
     ctx: Arc<ConnCtx>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     let stream = ctx.activity.begin();
-    answer(
+    let answered = answer(
         Box::new(req.map(|b| RequestBody::Incoming(http_body_util::Either::Right(b)))),
         ctx,
         stream,
-    )
+    );
+    async move { answered.await.map(|resp| *resp) }
 }
 
 /// Answers one request, whatever happens: every failure becomes a response.
@@ -56,7 +59,7 @@ pub(crate) async fn answer(
     mut req: BoxedRequest,
     ctx: Arc<ConnCtx>,
     stream: StreamGuard,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<BoxedResponse, Infallible> {
     let start = Instant::now();
     // One snapshot for the whole exchange: a reload mid-request never mixes two configs.
     let snap = ctx.listener.load_full();
@@ -74,7 +77,7 @@ pub(crate) async fn answer(
         Ok(ok) => ok,
         Err((e, m)) => {
             info.error = Some(e);
-            (e.into_response(grpc), m)
+            (Box::new(e.into_response(grpc)), m)
         }
     };
     drop(in_flight);
@@ -126,7 +129,7 @@ impl Drop for InFlight<'_> {
 }
 
 type Failed<'a> = (ProxyError, &'a TargetMetrics);
-type Answer<'a> = Result<(Response<ResponseBody>, &'a TargetMetrics), Failed<'a>>;
+type Answer<'a> = Result<(BoxedResponse, &'a TargetMetrics), Failed<'a>>;
 
 /// Counts `req` against `limit`: `Ok` with the decision when admitted (for the `RateLimit`
 /// headers of its response), `Err` with it when over the limit.
@@ -149,8 +152,8 @@ fn check_limit(
 }
 
 /// The 429 (gRPC: RESOURCE_EXHAUSTED) answer with the limit's headers.
-fn limited(limit: &RateLimitRt, decision: Decision, grpc: bool) -> Response<ResponseBody> {
-    let mut resp = ProxyError::RateLimited.into_response(grpc);
+fn limited(limit: &RateLimitRt, decision: Decision, grpc: bool) -> BoxedResponse {
+    let mut resp = Box::new(ProxyError::RateLimited.into_response(grpc));
     limit.limiter.insert_headers(&decision, resp.headers_mut());
     resp
 }
@@ -207,7 +210,7 @@ async fn forward<'s>(
 
     if let Some(redirect) = &route.redirect {
         let resp = redirect_response(redirect, host, &path, found.prefix_len, req.uri().query());
-        return Ok((resp, &route.local));
+        return Ok((Box::new(resp), &route.local));
     }
     if let Some(limit) = &route.rate_limit {
         match check_limit(limit, &req, ctx.client) {
@@ -391,7 +394,7 @@ fn spawn_mirror(backend: Arc<BackendRt>, req: BoxedRequest, timeout: Option<Dura
             let resp =
                 exchange::exchange(&backend, None, &mut info, req, false, None, None).await?;
             // Read to the end so an HTTP/1 connection goes back to the pool.
-            let _ = resp.into_body().collect().await;
+            let _ = (*resp).into_body().collect().await;
             Ok::<(), ProxyError>(())
         };
         let limit = timeout.unwrap_or(Duration::from_secs(15));
@@ -413,7 +416,7 @@ pub(super) async fn send(
     req: BoxedRequest,
     upgrade: bool,
     now: Instant,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<BoxedResponse, ProxyError> {
     match pool::checkout(backend, ep, now).await? {
         Checkout::H1(conn, returner) => {
             let resp = match client::send(conn, req, upgrade, returner).await {
@@ -430,7 +433,9 @@ pub(super) async fn send(
                 }
                 Err(e) => return Err(upstream_failed(&e.error)),
             };
-            Ok(resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b))))
+            Ok(Box::new(
+                resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b))),
+            ))
         }
         Checkout::H2(mut sender) => {
             let resp = sender.send_request(*req).await.map_err(|e| {
@@ -441,7 +446,9 @@ pub(super) async fn send(
                     ProxyError::UpstreamReset
                 }
             })?;
-            Ok(resp.map(|body| ResponseBody::upstream(UpstreamBody::Right(body))))
+            Ok(Box::new(resp.map(|body| {
+                ResponseBody::upstream(UpstreamBody::Right(body))
+            })))
         }
     }
 }

@@ -168,6 +168,7 @@ async fn send(
     )
     .await
     .expect("the exchange ends")
+    .map(|resp| *resp)
 }
 
 async fn get(b: &BackendRt) -> (Response<()>, Result<(Bytes, Option<HeaderMap>), String>) {

@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::body::{BoxedResponse, RequestBody, ResponseBody};
 use crate::http::h1::{
     Decode, Step, chunk_size_line, content_length_value, has_token, header_map, note_fields,
     push_field, push_trailers, write_all_vectored,
@@ -321,7 +321,7 @@ pub async fn serve(
             return upgrade(resp, reader, wr, &mut out, version).await;
         }
         let framing = encode_head(&mut out, &resp, version, head_only, keep_alive, trailers);
-        let complete = match write_response(&mut wr, &mut out, resp.into_body(), framing).await {
+        let complete = match write_response(&mut wr, &mut out, (*resp).into_body(), framing).await {
             Ok(complete) => complete,
             Err(e) => {
                 tracing::debug!(client = %ctx.client, error = %e, "writing the response failed");
@@ -342,10 +342,8 @@ pub async fn serve(
     }
 }
 
-// `Answer` is returned once per request, on the stack; boxing it would allocate per request.
-#[allow(clippy::large_enum_variant)]
 enum Event {
-    Answer(Response<ResponseBody>),
+    Answer(BoxedResponse),
     Continue,
     Gone,
 }
@@ -703,7 +701,7 @@ async fn write_response(
 
 /// A `101`: the head goes out, then the connection is a tunnel to the upstream's.
 async fn upgrade(
-    mut resp: Response<ResponseBody>,
+    mut resp: BoxedResponse,
     reader: Option<Box<Reader>>,
     mut wr: OwnedWriteHalf,
     out: &mut Vec<u8>,
