@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::body::{BoxedResponse, RequestBody, ResponseBody};
+use crate::http::body::{BoxedRequest, BoxedResponse, RequestBody, ResponseBody};
 use crate::http::h1::{
     Decode, Step, chunk_size_line, content_length_value, has_token, header_map, note_fields,
     push_field, push_trailers, write_all_vectored,
@@ -197,7 +197,8 @@ impl http_body::Body for Body {
 
 /// A parsed request head and what it says about the connection.
 struct Head {
-    request: Request<()>,
+    /// Boxed where it is built (see `BoxedRequest`); its body is set once the framing is known.
+    request: BoxedRequest,
     body: Option<Decode>,
     keep_alive: bool,
     expect_continue: bool,
@@ -251,11 +252,9 @@ pub async fn serve(
         let head_only = request.method() == Method::HEAD;
         let version = request.version();
         let has_body = body.is_some();
-        let req = match body {
-            None => {
-                reader = Some(r);
-                Box::new(request.map(|()| RequestBody::Empty))
-            }
+        let mut req = request;
+        match body {
+            None => reader = Some(r),
             Some(state) => {
                 let body = Body {
                     reader: Some(r),
@@ -263,18 +262,16 @@ pub async fn serve(
                     shared: Some(Arc::clone(&shared)),
                     expect_continue,
                 };
-                Box::new(
-                    request.map(|()| RequestBody::Incoming(http_body_util::Either::Left(body))),
-                )
+                *req.body_mut() = RequestBody::Incoming(http_body_util::Either::Left(body));
             }
-        };
+        }
         let stream_guard = ctx.activity.begin();
         let answering = answer(req, Arc::clone(&ctx), stream_guard);
         let mut answering = std::pin::pin!(answering);
         // The client may leave while the answer is pending (cancel the exchange), or its body
         // may ask for `100 Continue`.
         let mut more_sent = false;
-        let resp = loop {
+        let mut resp = loop {
             let event = poll_fn(|cx| {
                 if let Poll::Ready(Ok(resp)) = answering.as_mut().poll(cx) {
                     return Poll::Ready(Event::Answer(resp));
@@ -321,13 +318,15 @@ pub async fn serve(
             return upgrade(resp, reader, wr, &mut out, version).await;
         }
         let framing = encode_head(&mut out, &resp, version, head_only, keep_alive, trailers);
-        let complete = match write_response(&mut wr, &mut out, (*resp).into_body(), framing).await {
+        let complete = match write_response(&mut wr, &mut out, resp.body_mut(), framing).await {
             Ok(complete) => complete,
             Err(e) => {
                 tracing::debug!(client = %ctx.client, error = %e, "writing the response failed");
                 return;
             }
         };
+        // Its last byte is written: the request is over (its stream guard goes with the body).
+        drop(resp);
         if has_body && reader.is_none() {
             reader = take_back(&shared);
             if reader.is_none() {
@@ -484,7 +483,7 @@ fn parse_head(
         (false, Some(Some(0))) | (false, None) => None,
         (false, Some(Some(n))) => Some(Decode::Length(n)),
     };
-    let mut request = Request::new(());
+    let mut request = Box::new(Request::new(RequestBody::Empty));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
@@ -612,11 +611,12 @@ fn encode_head(
 }
 
 /// Writes the head in `out` and the body. `Ok(false)`: the body failed or fell short of its
-/// length after its head went out; the connection must close (the client sees it break).
+/// length after its head went out; the connection must close (the client sees it break). The
+/// caller drops the body after this returns: the request stays open until its last write.
 async fn write_response(
     wr: &mut OwnedWriteHalf,
     out: &mut Vec<u8>,
-    mut body: ResponseBody,
+    body: &mut ResponseBody,
     framing: Framing,
 ) -> std::io::Result<bool> {
     let Some(body_framing) = framing.body else {
@@ -630,14 +630,14 @@ async fn write_response(
     };
     loop {
         // What is ready goes out together; `out` is written when the body must wait.
-        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
             Poll::Ready(f) => f,
             Poll::Pending => {
                 if !out.is_empty() {
                     wr.write_all(out).await?;
                     out.clear();
                 }
-                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
             }
         };
         let frame = match frame {
@@ -695,7 +695,6 @@ async fn write_response(
         wr.write_all(out).await?;
         out.clear();
     }
-    drop(body);
     Ok(left.is_none_or(|l| l == 0))
 }
 
