@@ -327,6 +327,11 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
             r.status, 200,
             "an in-flight request was cut by the shutdown"
         );
+        assert_eq!(
+            r.header("connection"),
+            Some("close"),
+            "an answer sent while draining says it is the connection's last"
+        );
     }
     let status = proxy.wait_exit(DEADLINE).await;
     assert_eq!(status.code(), Some(0), "{}", proxy.logs());

@@ -270,7 +270,7 @@ pub(crate) fn note_fields(buf: &[u8], parsed: &[httparse::Header<'_>], fields: &
 /// What a head's framing and connection fields said, noted as the fields went into the map (a
 /// name compare each) rather than looked up again afterwards.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Framing {
+pub(crate) struct HeadFields {
     /// `Transfer-Encoding` was present, and whether its last coding is `chunked`.
     pub transfer_encoding: bool,
     pub chunked: bool,
@@ -289,10 +289,10 @@ pub(crate) fn header_map(
     fields: &[[u32; 4]],
     extra: usize,
     mut seen: impl FnMut(&HeaderName, &HeaderValue),
-) -> Result<(HeaderMap, Framing), &'static str> {
+) -> Result<(HeaderMap, HeadFields), &'static str> {
     use http::header::{CONNECTION, TRANSFER_ENCODING};
     let mut headers = HeaderMap::with_capacity(fields.len() + extra);
-    let mut framing = Framing::default();
+    let mut framing = HeadFields::default();
     for &[n0, n1, v0, v1] in fields {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
         let name = head
