@@ -16,7 +16,6 @@
 //! is known, chunked otherwise; a response is framed by its request's method and its status,
 //! then `Transfer-Encoding`, then `Content-Length`, else it runs to the connection's end.
 
-use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -31,8 +30,7 @@ use tokio::net::TcpStream;
 use crate::breaker::Permit;
 use crate::http::body::{BoxedRequest, RequestBody};
 use crate::http::h1::{
-    Decode, Step, chunk_size_line, content_length, header_map, note_fields, push_field,
-    push_trailers, write_all_vectored,
+    Decode, Step, content_length, header_map, note_fields, push_field, push_trailers, put_data,
 };
 use crate::http::pool::Returner;
 
@@ -42,8 +40,6 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
-/// Request body chunks up to this size are copied behind their framing and written at once.
-const COPY_BELOW: usize = 8 * 1024;
 
 /// One upstream HTTP/1.1 connection, boxed: it moves from the pool to a request to its
 /// response body and back, a pointer each time.
@@ -311,22 +307,13 @@ async fn write_body<W: AsyncWrite + Unpin>(
         if data.is_empty() {
             continue;
         }
-        if chunked {
-            let mut hex = [0u8; 18];
-            head.extend_from_slice(chunk_size_line(data.len(), &mut hex));
-        }
-        let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
-        if data.len() < COPY_BELOW {
-            head.extend_from_slice(&data);
-            head.extend_from_slice(tail);
+        put_data(wr, head, &data, chunked)
+            .await
+            .map_err(WriteError::Upstream)?;
+        if !head.is_empty() {
             wr.write_all(head).await.map_err(WriteError::Upstream)?;
-        } else {
-            let mut bufs = [IoSlice::new(head), IoSlice::new(&data), IoSlice::new(tail)];
-            write_all_vectored(wr, &mut bufs)
-                .await
-                .map_err(WriteError::Upstream)?;
+            head.clear();
         }
-        head.clear();
     }
     if chunked {
         head.extend_from_slice(b"0\r\n\r\n");
@@ -437,10 +424,7 @@ fn parse_head(
         // the map growing.
         let (headers, fields) =
             header_map(&head, fields, 2, |_, _| {}).map_err(ClientError::Invalid)?;
-        let mut reusable = match version {
-            Version::HTTP_10 => fields.keep_alive && !fields.close,
-            _ => !fields.close,
-        };
+        let mut reusable = fields.persistent(version);
         let (te, te_chunked, length) = (fields.transfer_encoding, fields.chunked, fields.length);
         let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
             reusable = false;

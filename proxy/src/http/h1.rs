@@ -220,6 +220,34 @@ pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Body data up to this size is copied behind what `buf` holds (a head, earlier data) and goes
+/// out with it; larger data is written at once, with `buf`, in one vectored write.
+pub(crate) const COPY_BELOW: usize = 8 * 1024;
+
+/// Frames `data` (a chunk, or as is for a body of known length) behind `buf`. Small data stays
+/// in `buf` for the caller to write; large data goes out now, with `buf`, which is emptied.
+pub(crate) async fn put_data<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    buf: &mut Vec<u8>,
+    data: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
+    if chunked {
+        let mut hex = [0u8; 18];
+        buf.extend_from_slice(chunk_size_line(data.len(), &mut hex));
+    }
+    let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
+    if data.len() < COPY_BELOW {
+        buf.extend_from_slice(data);
+        buf.extend_from_slice(tail);
+        return Ok(());
+    }
+    let mut bufs = [IoSlice::new(buf), IoSlice::new(data), IoSlice::new(tail)];
+    write_all_vectored(wr, &mut bufs).await?;
+    buf.clear();
+    Ok(())
+}
+
 /// `{len:x}\r\n` without `core::fmt`.
 pub(crate) fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -279,6 +307,17 @@ pub(crate) struct HeadFields {
     /// `Connection` listed `close` / `keep-alive`.
     pub close: bool,
     pub keep_alive: bool,
+}
+
+impl HeadFields {
+    /// Whether the connection may carry another message (RFC 9112 §9.3): HTTP/1.1 unless
+    /// `close`; HTTP/1.0 only when `keep-alive` was asked for.
+    pub(crate) fn persistent(&self, version: http::Version) -> bool {
+        match version {
+            http::Version::HTTP_10 => self.keep_alive && !self.close,
+            _ => !self.close,
+        }
+    }
 }
 
 /// The header map of a head split off as `head`, from the offsets [`note_fields`] took, with

@@ -17,6 +17,7 @@ use super::*;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::h1::chunk_size_line;
 use crate::http::observe::Sinks;
 use crate::snapshot::{self, BackendRt, Shared};
 

@@ -20,7 +20,6 @@
 //! mid-way closes the connection, so the client sees it break, never a short body.
 
 use std::future::poll_fn;
-use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::body::{BoxedRequest, BoxedResponse, RequestBody, ResponseBody};
 use crate::http::h1::{
-    Decode, Step, chunk_size_line, content_length_value, has_token, header_map, note_fields,
-    push_field, push_trailers, write_all_vectored,
+    Decode, Step, content_length_value, has_token, header_map, note_fields, push_field,
+    push_trailers, put_data,
 };
 use crate::http::proxy::{ConnCtx, answer, tunnel};
 
@@ -51,8 +50,6 @@ const READ_CHUNK: usize = 8 * 1024;
 const BODY_READ_CHUNK: usize = 64 * 1024;
 /// Header slots on the stack; a listener allowing more fields parses into a vector.
 const STACK_HEADERS: usize = 128;
-/// Response data up to this size is copied behind the head and written with it.
-const COPY_BELOW: usize = 8 * 1024;
 /// How long a connection closed after an error still reads (and drops) what the client sends,
 /// so that its pending bytes do not turn our close into a reset that destroys the answer.
 const LINGER: Duration = Duration::from_secs(1);
@@ -75,11 +72,22 @@ struct Reader {
 /// What a connection and the body of its current request share: the read side comes back
 /// through it, and the body asks through it for `100 Continue`.
 struct Shared {
-    /// The read side, back from a request body: `true` if the body was read to its end (the
-    /// next request starts at the buffer's start), `false` if it was dropped mid-way.
-    back: Mutex<Option<(Box<Reader>, bool)>>,
+    /// The read side, back from a request body read to its end (the next request starts at the
+    /// buffer's start). A body dropped before its end drops the read side with it: where the
+    /// next request would start is unknown, so the connection closes after its answer.
+    back: Mutex<Option<Box<Reader>>>,
     want_continue: AtomicBool,
     task: AtomicWaker,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            back: Mutex::new(None),
+            want_continue: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        })
+    }
 }
 
 /// A request body read from the client's connection. It holds the connection's read side while
@@ -87,7 +95,7 @@ struct Shared {
 pub struct Body {
     reader: Option<Box<Reader>>,
     state: Decode,
-    shared: Option<Arc<Shared>>,
+    shared: Arc<Shared>,
     /// `Expect: 100-continue`: the first read asks the connection to send `100 Continue`.
     expect_continue: bool,
 }
@@ -110,23 +118,21 @@ impl std::fmt::Debug for Body {
 }
 
 impl Body {
-    /// Hands the read side back to the connection (`clean`: read to the end).
-    fn give_back(&mut self, clean: bool) {
-        if let (Some(reader), Some(shared)) = (self.reader.take(), self.shared.as_ref()) {
-            if let Ok(mut back) = shared.back.lock() {
-                *back = Some((reader, clean));
+    /// Hands the read side back to the connection: the body has been read to its end.
+    fn give_back(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            if let Ok(mut back) = self.shared.back.lock() {
+                *back = Some(reader);
             }
-            shared.task.wake();
+            self.shared.task.wake();
         }
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.expect_continue {
             self.expect_continue = false;
-            if let Some(shared) = &self.shared {
-                shared.want_continue.store(true, Ordering::Release);
-                shared.task.wake();
-            }
+            self.shared.want_continue.store(true, Ordering::Release);
+            self.shared.task.wake();
         }
         loop {
             let Some(reader) = self.reader.as_mut() else {
@@ -135,12 +141,12 @@ impl Body {
             match self.state.step(&mut reader.buf) {
                 Ok(Step::Frame(f)) => {
                     if self.state.is_done() {
-                        self.give_back(true);
+                        self.give_back();
                     }
                     return Poll::Ready(Some(Ok(f)));
                 }
                 Ok(Step::Done) => {
-                    self.give_back(true);
+                    self.give_back();
                     return Poll::Ready(None);
                 }
                 Ok(Step::More) => {}
@@ -166,13 +172,6 @@ impl Body {
                 return Poll::Ready(Some(Err(BodyError::Closed)));
             }
         }
-    }
-}
-
-impl Drop for Body {
-    fn drop(&mut self) {
-        // Dropped before its end: the connection cannot find where the next request starts.
-        self.give_back(false);
     }
 }
 
@@ -229,11 +228,7 @@ pub async fn serve(
         buf: prefix,
         fields: Vec::new(),
     }));
-    let shared = Arc::new(Shared {
-        back: Mutex::new(None),
-        want_continue: AtomicBool::new(false),
-        task: AtomicWaker::new(),
-    });
+    let shared = Shared::new();
     // The response head is encoded here; kept for the connection's life.
     let mut out: Vec<u8> = Vec::with_capacity(512);
     loop {
@@ -244,23 +239,22 @@ pub async fn serve(
             Err(refusal) => return refuse(r, wr, refusal).await,
         };
         let Head {
-            request,
+            request: mut req,
             body,
             keep_alive,
             expect_continue,
             trailers,
         } = head;
-        let head_only = request.method() == Method::HEAD;
-        let version = request.version();
+        let head_only = req.method() == Method::HEAD;
+        let version = req.version();
         let has_body = body.is_some();
-        let mut req = request;
         match body {
             None => reader = Some(r),
             Some(state) => {
                 let body = Body {
                     reader: Some(r),
                     state,
-                    shared: Some(Arc::clone(&shared)),
+                    shared: Arc::clone(&shared),
                     expect_continue,
                 };
                 *req.body_mut() = RequestBody::Incoming(http_body_util::Either::Left(body));
@@ -350,13 +344,9 @@ enum Event {
     Gone,
 }
 
-/// The read side, if a body handed it back clean.
+/// The read side, if a body read to its end handed it back.
 fn take_back(shared: &Shared) -> Option<Box<Reader>> {
-    let mut back = shared.back.lock().ok()?;
-    match back.take() {
-        Some((reader, true)) => Some(reader),
-        _ => None,
-    }
+    shared.back.lock().ok()?.take()
 }
 
 /// Whether the client closed its side while its answer is pending: `Ready(true)` when it did,
@@ -469,16 +459,11 @@ fn parse_head(
         }
     })
     .map_err(bad)?;
-    let keep_alive = match version {
-        Version::HTTP_10 => framing.keep_alive && !framing.close,
-        _ => !framing.close,
-    };
-    let (te, te_chunked, length) = (framing.transfer_encoding, framing.chunked, framing.length);
     // RFC 9112 §6.1-6.3: chunked must be the last coding; both framings at once, or a
     // chunked HTTP/1.0 message, are refused rather than guessed at (request smuggling).
-    let body = match (te, length) {
+    let body = match (framing.transfer_encoding, framing.length) {
         (true, Some(_)) => return Err(bad("both Transfer-Encoding and Content-Length")),
-        (true, None) if !te_chunked || version == Version::HTTP_10 => {
+        (true, None) if !framing.chunked || version == Version::HTTP_10 => {
             return Err(bad("unsupported Transfer-Encoding"));
         }
         (true, None) => Some(Decode::ChunkSize),
@@ -495,7 +480,7 @@ fn parse_head(
         request,
         expect_continue: expect_continue && body.is_some() && version == Version::HTTP_11,
         body,
-        keep_alive,
+        keep_alive: framing.persistent(version),
         trailers,
     }))
 }
@@ -674,21 +659,8 @@ async fn write_response(
             }
             *left -= data.len() as u64;
         }
-        if data.is_empty() {
-            continue;
-        }
-        if chunked {
-            let mut hex = [0u8; 18];
-            out.extend_from_slice(chunk_size_line(data.len(), &mut hex));
-        }
-        let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
-        if data.len() < COPY_BELOW {
-            out.extend_from_slice(&data);
-            out.extend_from_slice(tail);
-        } else {
-            let mut bufs = [IoSlice::new(out), IoSlice::new(&data), IoSlice::new(tail)];
-            write_all_vectored(wr, &mut bufs).await?;
-            out.clear();
+        if !data.is_empty() {
+            put_data(wr, out, &data, chunked).await?;
         }
     }
     if chunked {

@@ -280,22 +280,18 @@ fn mangled_request_heads_are_refused_cleanly() {
 
 /// A request body reads its framing from the connection and, at its end, hands the read side
 /// back clean with what follows it (a pipelined request) still buffered; one dropped before
-/// its end hands it back unusable.
+/// its end takes the read side with it (the connection closes after its answer).
 #[tokio::test]
 async fn a_body_gives_the_connection_back_at_its_end() {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
 
     let (mut client, rd, _wr) = tcp_pair().await;
-    let shared = Arc::new(Shared {
-        back: Mutex::new(None),
-        want_continue: AtomicBool::new(false),
-        task: AtomicWaker::new(),
-    });
+    let shared = Shared::new();
     let body = |reader, state| Body {
         reader: Some(reader),
         state,
-        shared: Some(Arc::clone(&shared)),
+        shared: Arc::clone(&shared),
         expect_continue: true,
     };
     let reader = Box::new(Reader {
