@@ -29,6 +29,9 @@ pub struct Settings {
     pub requests: u64,
     pub warmup_requests: u64,
     pub connections: usize,
+    pub protocol: Protocol,
+    /// Streams per connection over HTTP/2.
+    pub h2_streams: usize,
     pub response_size: usize,
     pub workers: usize,
     /// Also nginx and HAProxy.
@@ -142,7 +145,7 @@ fn one_run(
         dir,
         None,
         settings.response_size,
-        Protocol::Http1,
+        settings.protocol,
         Duration::from_secs(20),
     )?;
     let (mut hops, front) = start_hops(case, settings, programs, valgrind, backend_addr, dir)?;
@@ -150,9 +153,12 @@ fn one_run(
     if requests > 0 {
         let spec = Spec {
             endpoint: Endpoint::for_addr(front, "/")?,
-            protocol: Protocol::Http1,
+            protocol: settings.protocol,
             connections: settings.connections,
-            streams: 1,
+            streams: match settings.protocol {
+                Protocol::Http1 => 1,
+                Protocol::Http2 => settings.h2_streams,
+            },
             pace: Pace::Closed,
             budget: Budget::Requests(requests),
             method: Method::GET,
@@ -240,6 +246,7 @@ fn start_hops(
             } else {
                 &["tern"]
             };
+            let (listener, upstream) = crate::targets::tern_protocols(settings.protocol, false);
             let mut next = backend;
             for name in names {
                 let (admin, listen) = (free_addr()?, free_addr()?);
@@ -247,9 +254,9 @@ fn start_hops(
                 let text = crate::targets::tern_config(
                     admin,
                     listen,
-                    "http1",
+                    listener,
                     next,
-                    "http1",
+                    upstream,
                     settings.workers,
                     &match (case, crate::targets::TernSampling::of(case)) {
                         (TargetName::TernResilient, _) => crate::targets::TernLayers::Resilient,
@@ -297,7 +304,7 @@ fn start_hops(
                 dir,
                 listen,
                 backend,
-                Protocol::Http1,
+                settings.protocol,
                 settings.workers,
                 false,
             );
@@ -327,8 +334,12 @@ fn start_hops(
                 .context("HAProxy is not installed (`apt-get install -y haproxy`)")?;
             let listen = free_addr()?;
             let cfg = dir.join("haproxy.cfg");
-            let text =
-                crate::targets::haproxy_config(listen, backend, Protocol::Http1, settings.workers);
+            let text = crate::targets::haproxy_config(
+                listen,
+                backend,
+                settings.protocol,
+                settings.workers,
+            );
             std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
             let out = dir.join("callgrind.haproxy.out");
             let args = callgrind_args(
@@ -387,8 +398,19 @@ pub fn markdown(o: &Outcome) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Tern benchmark: instructions per request (callgrind)\n\n{} requests after {} warm-up, {} HTTP/1.1 keep-alive connections, GET, {} B responses, {} worker(s). Ir/request = (Ir with the requests − Ir without) ÷ {}; user-space instructions of the proxy process, libraries included.\n",
-        s.requests, s.warmup_requests, s.connections, s.response_size, s.workers, s.requests
+        "# Tern benchmark: instructions per request (callgrind)\n\n{} requests after {} warm-up, {}, GET, {} B responses, {} worker(s). Ir/request = (Ir with the requests − Ir without) ÷ {}; user-space instructions of the proxy process, libraries included.\n",
+        s.requests,
+        s.warmup_requests,
+        match s.protocol {
+            Protocol::Http1 => format!("{} HTTP/1.1 keep-alive connections", s.connections),
+            Protocol::Http2 => format!(
+                "{} h2c connections × {} streams (HTTP/2 to the backend too; nginx's upstream is HTTP/1.1)",
+                s.connections, s.h2_streams
+            ),
+        },
+        s.response_size,
+        s.workers,
+        s.requests
     );
     let _ = writeln!(
         md,

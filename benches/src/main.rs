@@ -117,6 +117,13 @@ struct InstructionsArgs {
     warmup_requests: u64,
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// `h2`: h2c from the client through every proxy to the backend (nginx: HTTP/1.1
+    /// upstream, it has no HTTP/2 client).
+    #[arg(long, value_enum, default_value_t = Protocol::Http1)]
+    protocol: Protocol,
+    /// Streams in flight per connection over HTTP/2.
+    #[arg(long, default_value_t = 10)]
+    h2_streams: usize,
     #[arg(long, default_value_t = 1024)]
     response_size: usize,
     #[arg(long, default_value_t = 1)]
@@ -376,6 +383,8 @@ fn instructions(a: InstructionsArgs) -> Result<()> {
         requests: a.requests,
         warmup_requests: a.warmup_requests,
         connections: a.connections.max(1),
+        protocol: a.protocol,
+        h2_streams: a.h2_streams.max(1),
         response_size: a.response_size,
         workers: a.workers.max(1),
         peers: a.peers,

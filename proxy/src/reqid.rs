@@ -129,12 +129,13 @@ impl RequestIds {
         let value = match headers.entry(&self.header) {
             http::header::Entry::Occupied(mut present) => {
                 let mut values = present.iter();
-                let first = values.next();
-                if self.keep_incoming
-                    && values.next().is_none()
-                    && let Some(value) = first
-                    && is_well_formed(value.as_bytes())
-                {
+                let keep = self.keep_incoming
+                    && values.next().is_some_and(|v| is_well_formed(v.as_bytes()))
+                    && values.next().is_none();
+                if keep {
+                    // Unique per request as ours are: never indexed (see `never_indexed`).
+                    let value = present.get_mut();
+                    value.set_sensitive(true);
                     return RequestId {
                         value: value.clone(),
                         generated: false,
@@ -187,8 +188,10 @@ fn uuid_v4_value(random: u128) -> HeaderValue {
     // Shared from the start: one allocation holds the bytes and the count, and the clones
     // that follow (into the map, the id, the response) are reference-count increments.
     // Lower-case hex and hyphens: always a valid value.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-        .unwrap_or(HeaderValue::from_static("-"))
+    crate::http::headers::never_indexed(
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+            .unwrap_or(HeaderValue::from_static("-")),
+    )
 }
 
 /// Formats 16 random bytes as a UUID v4 (version and variant bits set) into `buf`.

@@ -265,5 +265,5 @@ pub use haproxy::config as haproxy_config;
 pub use nginx::{args as nginx_args, config as nginx_config};
 pub use tern::{
     Layers as TernLayers, Sampling as TernSampling, config as tern_config,
-    log_path as tern_log_path,
+    log_path as tern_log_path, protocols as tern_protocols,
 };

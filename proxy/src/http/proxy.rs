@@ -46,11 +46,11 @@ pub fn handle(
     ctx: Arc<ConnCtx>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     let stream = ctx.activity.begin();
-    let answered = answer(
+    let answered = Box::pin(answer(
         Box::new(req.map(|b| RequestBody::Incoming(http_body_util::Either::Right(b)))),
         ctx,
         stream,
-    );
+    ));
     async move { answered.await.map(|resp| *resp) }
 }
 

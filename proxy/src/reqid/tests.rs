@@ -163,3 +163,21 @@ fn well_formed_bounds() {
     assert!(!is_well_formed(b"\x7f"));
     assert!(!is_well_formed(&[b'x'; MAX_LEN + 1]));
 }
+
+/// Request ids are unique per request: HPACK must not put them in an HTTP/2 connection's
+/// dynamic table, where they would cost an insert and evict fields that repeat.
+#[test]
+fn ids_kept_or_generated_are_never_indexed() {
+    let ids = RequestIds::default();
+    let mut absent = HeaderMap::new();
+    let generated = ids.ensure(&mut absent);
+    assert!(generated.header_value().is_sensitive());
+    assert!(absent[DEFAULT_HEADER].is_sensitive());
+
+    let mut present = with(&["edge-1234"]);
+    let kept = ids.ensure(&mut present);
+    assert!(!kept.generated());
+    assert!(kept.header_value().is_sensitive());
+    assert!(present[DEFAULT_HEADER].is_sensitive());
+    assert_eq!(present[DEFAULT_HEADER], "edge-1234");
+}

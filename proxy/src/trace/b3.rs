@@ -142,12 +142,16 @@ pub fn multi_sampling(span: &SpanContext) -> (HeaderName, HeaderValue) {
 pub fn trace_id_value(id: &TraceId) -> HeaderValue {
     let hex = id.to_hex();
     let digits = if id.is_64_bit() { &hex[16..] } else { &hex[..] };
-    HeaderValue::from_bytes(digits).unwrap_or(HeaderValue::from_static(""))
+    crate::http::headers::never_indexed(
+        HeaderValue::from_bytes(digits).unwrap_or(HeaderValue::from_static("")),
+    )
 }
 
 /// A span id header value: one allocation.
 pub fn span_id_value(id: &SpanId) -> HeaderValue {
-    HeaderValue::from_bytes(&id.to_hex()).unwrap_or(HeaderValue::from_static(""))
+    crate::http::headers::never_indexed(
+        HeaderValue::from_bytes(&id.to_hex()).unwrap_or(HeaderValue::from_static("")),
+    )
 }
 
 /// The single `b3` value for `span`, whose parent is `parent`, formatted into `buf`.
@@ -184,6 +188,8 @@ pub fn format_single<'a>(
 /// The single `b3` header value: one allocation.
 pub fn single_value(span: &SpanContext, parent: Option<SpanId>) -> HeaderValue {
     let mut buf = [0; SINGLE_MAX_LEN];
-    HeaderValue::from_bytes(format_single(span, parent, &mut buf))
-        .unwrap_or(HeaderValue::from_static("0"))
+    crate::http::headers::never_indexed(
+        HeaderValue::from_bytes(format_single(span, parent, &mut buf))
+            .unwrap_or(HeaderValue::from_static("0")),
+    )
 }

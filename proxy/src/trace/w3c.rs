@@ -94,8 +94,10 @@ pub fn format_traceparent<'a>(span: &SpanContext, buf: &'a mut [u8; TRACEPARENT_
 /// The `traceparent` header value of `span`: one allocation.
 pub fn traceparent_value(span: &SpanContext) -> HeaderValue {
     let mut buf = [0; TRACEPARENT_LEN];
-    HeaderValue::from_bytes(format_traceparent(span, &mut buf))
-        .unwrap_or(HeaderValue::from_static(""))
+    crate::http::headers::never_indexed(
+        HeaderValue::from_bytes(format_traceparent(span, &mut buf))
+            .unwrap_or(HeaderValue::from_static("")),
+    )
 }
 
 /// What to do with the incoming `tracestate`.

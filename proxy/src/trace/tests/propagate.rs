@@ -428,3 +428,25 @@ fn the_name_match_agrees_with_the_header_table() {
     );
     assert_eq!(h.get_all("b3").iter().count(), 1);
 }
+
+/// Every injected id is this hop's own: HPACK must not index them (see `never_indexed`).
+#[test]
+fn injected_trace_headers_are_never_indexed() {
+    let p = emit(&[Format::W3c, Format::B3Single, Format::B3Multi]);
+    let mut h = HeaderMap::new();
+    h.insert(
+        "traceparent",
+        format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+    );
+    hop(&p, &mut h);
+    for name in [
+        "traceparent",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+    ] {
+        let value = h.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(value.is_sensitive(), "{name} may be indexed");
+    }
+}
