@@ -596,6 +596,31 @@ async fn h2c_client_reaches_http1_and_http2_backends() {
     );
 }
 
+/// HTTP/2 has no `Connection` or `Upgrade` (RFC 9113 §8.2.2): an HTTP/1.1 upgrade request
+/// routed to an h2c backend goes as a plain request, without them, and its answer comes back
+/// as a plain one (not a 502 for fields HTTP/2 cannot carry).
+#[tokio::test]
+async fn an_upgrade_request_to_an_h2_backend_goes_as_a_plain_request() {
+    let h2 = TestBackend::builder("h2").http2().start().await;
+    let proxy = Proxy::start(config(&[listener("web", "http1", "h2", &[])], &[h2.yaml()])).await;
+
+    let mut stream = connect(proxy.addr("web")).await;
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write the upgrade request");
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "expected 200, got:\n{head}"
+    );
+    assert!(head.contains("\r\nx-backend: h2\r\n"), "{head}");
+    assert!(!head.contains("\r\nupgrade:"), "{head}");
+}
+
 /// RFC 9113 §8.2.3: HTTP/2 clients may split `Cookie` into several fields (for HPACK); they
 /// MUST be joined with "; " into one field before the request goes to HTTP/1.1.
 #[tokio::test]

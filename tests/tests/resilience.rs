@@ -1720,3 +1720,82 @@ backends:
         assert!(out.contains(path), "no {path} in:\n{out}");
     }
 }
+
+/// An HTTP/2 upstream of the `h2` crate that refuses the first `refuse` streams with
+/// `REFUSED_STREAM` and answers the others `200 served`. Returns its address and the number
+/// of streams it has seen.
+async fn refusing_h2_upstream(refuse: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the h2 upstream");
+    let addr = listener.local_addr().expect("its address");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    if count.fetch_add(1, Ordering::SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let response = http::Response::builder()
+                        .status(200)
+                        .body(())
+                        .expect("a response head");
+                    if let Ok(mut body) = respond.send_response(response, false) {
+                        let _ = body.send_data(Bytes::from_static(b"served"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// RFC 9113 §8.7: a stream refused with `REFUSED_STREAM` was not processed, so the proxy
+/// retries it (the default retry conditions include `refused-stream`, as Istio's do) and the
+/// client sees the second try's answer; with retries off it sees a 502.
+#[tokio::test]
+async fn a_refused_h2_stream_is_retried() {
+    let (retried, retried_seen) = refusing_h2_upstream(1).await;
+    let (plain, plain_seen) = refusing_h2_upstream(1).await;
+    let proxy = Proxy::start(config(
+        &[
+            prefix_route(
+                "retried",
+                "retry: {max_attempts: 2, backoff: {base: 1ms, max: 1ms}}",
+                "retried",
+            ),
+            prefix_route("plain", "", "plain"),
+        ],
+        &[
+            backend_at("retried", &[retried], "protocol: http2"),
+            backend_at("plain", &[plain], "protocol: http2"),
+        ],
+    ))
+    .await;
+    let client = http1_client();
+
+    let r = client.get(&proxy.url("web", "/retried")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "served");
+    assert_eq!(
+        retried_seen.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one refused stream, one retry"
+    );
+
+    let r = client.get(&proxy.url("web", "/plain")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(plain_seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The connection stays usable: the next request on it is answered.
+    let r = client.get(&proxy.url("web", "/plain")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "served");
+}

@@ -175,9 +175,8 @@ impl BodyTimers {
 pub struct BodyTimeout;
 
 /// An upstream's response body: read by our HTTP/1 client (`Left`, which hands its connection
-/// back to the pool once the body is read to its end), or an HTTP/2 stream of hyper's client
-/// (`Right`).
-pub type UpstreamBody = http_body_util::Either<client::Body, Incoming>;
+/// back to the pool once the body is read to its end), or an HTTP/2 stream (`Right`).
+pub type UpstreamBody = http_body_util::Either<client::Body, crate::http::h2client::Body>;
 
 /// A response body sent downstream: the upstream's stream, or a small body the proxy wrote
 /// itself.

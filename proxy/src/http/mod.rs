@@ -5,6 +5,7 @@ pub mod body;
 pub mod client;
 pub mod exchange;
 pub mod h1;
+pub mod h2client;
 pub mod headers;
 pub mod observe;
 pub mod pool;

@@ -2,36 +2,32 @@
 //! worker runs on the worker's one thread, so the pool is a thread-local `RefCell`: no lock, no
 //! hashing, and checkout is a `Vec` pop. HTTP/1 connections (our own client, `client.rs`) are
 //! held by one exchange at a time and come back when the response body has been read to its
-//! end; an HTTP/2 connection (hyper's) is shared by every request to its endpoint.
+//! end; an HTTP/2 connection (`h2client`) is shared by every request to its endpoint.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
 use crate::breaker::{Permit, Resource};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
-use crate::http::body::RequestBody;
 use crate::http::client::{Conn, Connection};
+use crate::http::h2client::H2Conn;
 use crate::snapshot::{BackendRt, EndpointRt};
-
-pub type H2Sender = http2::SendRequest<RequestBody>;
 
 #[derive(Default)]
 struct Slot {
     /// Idle HTTP/1 connections with the instant each expires, most recently used last (LIFO
     /// keeps the hot ones warm).
     idle: Vec<(Conn, Instant)>,
-    h2: Option<H2Sender>,
+    h2: Option<H2Conn>,
     /// An HTTP/2 connect in progress: a burst of requests to a cold endpoint waits for this
     /// one connection instead of opening one each (RFC 9113 §9.1).
-    h2_connecting: Option<Arc<OnceCell<Result<H2Sender, ProxyError>>>>,
+    h2_connecting: Option<Arc<OnceCell<Result<H2Conn, ProxyError>>>>,
 }
 
 thread_local! {
@@ -51,7 +47,7 @@ fn with_slot<R>(slot: usize, f: impl FnOnce(&mut Slot) -> R) -> R {
 /// A connection ready for one request.
 pub enum Checkout {
     H1(Conn, Returner),
-    H2(H2Sender),
+    H2(H2Conn),
 }
 
 /// Where an HTTP/1 connection goes back once its exchange is complete (a connection that is
@@ -178,23 +174,11 @@ async fn connect_h2(
     addr: SocketAddr,
     timeout: Duration,
     (conn_permit, pending): (Permit, Permit),
-) -> Result<H2Sender, ProxyError> {
-    let io = TokioIo::new(connect(addr, timeout).await?);
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(2 << 20)
-        .handshake(io)
-        .await
-        .map_err(|_| ProxyError::ConnectFailed)?;
+) -> Result<H2Conn, ProxyError> {
+    let io = connect(addr, timeout).await?;
+    let conn = crate::http::h2client::handshake(io, addr, conn_permit).await?;
     drop(pending);
-    tokio::spawn(async move {
-        let _permit = conn_permit;
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(conn)
 }
 
 /// Closes this worker's idle connections past their idle timeout (run periodically per worker,

@@ -437,15 +437,8 @@ pub(super) async fn send(
                 resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b))),
             ))
         }
-        Checkout::H2(mut sender) => {
-            let resp = sender.send_request(*req).await.map_err(|e| {
-                tracing::debug!(error = %e, "upstream HTTP/2 exchange failed");
-                if refused_stream(&e) {
-                    ProxyError::RefusedStream
-                } else {
-                    ProxyError::UpstreamReset
-                }
-            })?;
+        Checkout::H2(conn) => {
+            let resp = crate::http::h2client::send(&conn, req, upgrade).await?;
             Ok(Box::new(resp.map(|body| {
                 ResponseBody::upstream(UpstreamBody::Right(body))
             })))
@@ -489,17 +482,6 @@ pub(crate) async fn tunnel(
 
 /// Whether an HTTP/2 upstream refused the stream (RFC 9113 §8.7: it did no work on it), or
 /// sent GOAWAY before the stream began (hyper reports that the same way).
-fn refused_stream(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
-}
-
 /// The URI to send upstream: origin-form for HTTP/1, absolute for HTTP/2 (`:scheme` and
 /// `:authority` come from it). Reuses the client's URI untouched when nothing changed.
 fn upstream_uri(
