@@ -621,6 +621,87 @@ async fn an_upgrade_request_to_an_h2_backend_goes_as_a_plain_request() {
     assert!(!head.contains("\r\nupgrade:"), "{head}");
 }
 
+/// An h2c upstream that sends GOAWAY while a stream is still open: on its first connection it
+/// starts a graceful shutdown as soon as it accepts `/slow`, then answers `/slow` with a head
+/// and a body it never ends. Other requests (on later connections) get `200 fresh`. Returns
+/// its address and how many connections it accepted.
+async fn going_away_h2_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the h2 upstream");
+    let addr = listener.local_addr().expect("its address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                let mut open = Vec::new();
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let slow = request.uri().path() == "/slow";
+                    if slow {
+                        // GOAWAY goes out before the answer's head: the proxy has read it by
+                        // the time the client sees that head.
+                        conn.graceful_shutdown();
+                    }
+                    let head = http::Response::builder()
+                        .status(200)
+                        .header("x-backend", "going-away")
+                        .body(())
+                        .expect("a response head");
+                    match respond.send_response(head, false) {
+                        Ok(body) if slow => open.push(body),
+                        Ok(mut body) => {
+                            let _ = body.send_data(Bytes::from_static(b"fresh"), true);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// An upstream going away (GOAWAY, as nginx sends after `keepalive_requests`, or any server
+/// shutting down) keeps its connection while its last streams finish. Requests in that window
+/// must not fail on it: the proxy sees the connection takes no new streams and sends them on a
+/// new one, transparently.
+#[tokio::test]
+async fn requests_after_an_upstream_goaway_go_on_a_new_connection() {
+    let (upstream, accepted) = going_away_h2_upstream().await;
+    let proxy = Proxy::start(config(
+        &[listener("web", "http1", "away", &[])],
+        &[format!(
+            r#"{{name: "away", endpoints: ["{upstream}"], protocol: http2}}"#
+        )],
+    ))
+    .await;
+
+    let mut slow = connect(proxy.addr("web")).await;
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: away.test\r\n\r\n")
+        .await
+        .expect("write the slow request");
+    let head = read_head(&mut slow).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    let client = http1_client();
+    for _ in 0..3 {
+        let r = client.get(&proxy.url("web", "/fresh")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "fresh");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one new connection after the GOAWAY, shared by the requests that followed"
+    );
+}
+
 /// RFC 9113 §8.2.3: HTTP/2 clients may split `Cookie` into several fields (for HPACK); they
 /// MUST be joined with "; " into one field before the request goes to HTTP/1.1.
 #[tokio::test]

@@ -90,13 +90,32 @@ pub async fn handshake(
     Ok(H2Conn { sender, closed })
 }
 
+/// Why a request got no response.
+pub enum SendError {
+    /// The connection was going away (the upstream's GOAWAY, or the connection failed) before
+    /// a stream was opened: nothing was sent, and the request comes back to be sent on a new
+    /// connection. The connection is marked closed, so the pool opens that one.
+    NotSent(BoxedRequest),
+    Failed(ProxyError),
+}
+
 /// Sends `req` on a new stream of `conn` and waits for the response head. `upgrade`: the
 /// request asked for a protocol switch, whose hop-by-hop fields HTTP/2 cannot carry.
 pub async fn send(
     conn: &H2Conn,
     req: BoxedRequest,
     upgrade: bool,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Body>, SendError> {
+    let mut sender = match conn.sender.clone().ready().await {
+        Ok(sender) => sender,
+        Err(e) => {
+            // A GOAWAY the connection's task has not finished with yet (it lives until the
+            // streams it still carries end): every request until then would fail here.
+            tracing::debug!(error = %e, "upstream HTTP/2 connection no longer takes streams");
+            conn.closed.store(true, Ordering::Relaxed);
+            return Err(SendError::NotSent(req));
+        }
+    };
     let (mut parts, body) = (*req).into_parts();
     if upgrade {
         crate::http::headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -110,7 +129,6 @@ pub async fn send(
             .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     }
     let eos = body.is_end_stream();
-    let mut sender = conn.sender.clone().ready().await.map_err(upstream_error)?;
     let (response, stream) = sender
         .send_request(Request::from_parts(parts, ()), eos)
         .map_err(upstream_error)?;
@@ -138,13 +156,13 @@ fn has_payload_semantics(method: &Method) -> bool {
 
 /// An upstream stream's failure as the proxy reports it: `REFUSED_STREAM` means the upstream
 /// did not act on the request (safe to retry), anything else is a reset.
-fn upstream_error(e: h2::Error) -> ProxyError {
+fn upstream_error(e: h2::Error) -> SendError {
     tracing::debug!(error = %e, "upstream HTTP/2 exchange failed");
-    if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+    SendError::Failed(if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
         ProxyError::RefusedStream
     } else {
         ProxyError::UpstreamReset
-    }
+    })
 }
 
 /// Streams a request body into its stream: a chunk is sent once the stream has some window,

@@ -95,46 +95,50 @@ pub async fn checkout(
             let conn = Box::pin(connect_fresh_h1(backend, ep)).await?;
             Ok(Checkout::H1(conn, returner))
         }
-        UpstreamProtocol::Http2 => {
-            let pending = with_slot(ep.slot, |slot| {
-                if let Some(live) = slot.h2.as_ref().filter(|s| !s.is_closed()) {
-                    return Err(live.clone());
-                }
-                Ok(Arc::clone(
-                    slot.h2_connecting
-                        .get_or_insert_with(|| Arc::new(OnceCell::new())),
-                ))
-            });
-            let cell = match pending {
-                Err(live) => return Ok(Checkout::H2(live)),
-                Ok(cell) => cell,
-            };
-            let result = cell
-                .get_or_init(|| {
-                    Box::pin(async {
-                        let permit = permits(backend)?;
-                        connect_h2(ep.addr, s.connect_timeout, permit).await
-                    })
-                })
-                .await
-                .clone();
-            with_slot(ep.slot, |slot| {
-                // The first waiter to wake installs the connection and clears the marker;
-                // after a failure the next request tries afresh.
-                if slot
-                    .h2_connecting
-                    .as_ref()
-                    .is_some_and(|c| Arc::ptr_eq(c, &cell))
-                {
-                    slot.h2_connecting = None;
-                    if let Ok(sender) = &result {
-                        slot.h2 = Some(sender.clone());
-                    }
-                }
-            });
-            result.map(Checkout::H2)
-        }
+        UpstreamProtocol::Http2 => h2(backend, ep).await.map(Checkout::H2),
     }
+}
+
+/// The endpoint's shared HTTP/2 connection, opened if there is none (or it is closed).
+pub async fn h2(backend: &BackendRt, ep: &EndpointRt) -> Result<H2Conn, ProxyError> {
+    let s = &backend.settings;
+    let pending = with_slot(ep.slot, |slot| {
+        if let Some(live) = slot.h2.as_ref().filter(|s| !s.is_closed()) {
+            return Err(live.clone());
+        }
+        Ok(Arc::clone(
+            slot.h2_connecting
+                .get_or_insert_with(|| Arc::new(OnceCell::new())),
+        ))
+    });
+    let cell = match pending {
+        Err(live) => return Ok(live),
+        Ok(cell) => cell,
+    };
+    let result = cell
+        .get_or_init(|| {
+            Box::pin(async {
+                let permit = permits(backend)?;
+                connect_h2(ep.addr, s.connect_timeout, permit).await
+            })
+        })
+        .await
+        .clone();
+    with_slot(ep.slot, |slot| {
+        // The first waiter to wake installs the connection and clears the marker; after a
+        // failure the next request tries afresh.
+        if slot
+            .h2_connecting
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &cell))
+        {
+            slot.h2_connecting = None;
+            if let Ok(conn) = &result {
+                slot.h2 = Some(conn.clone());
+            }
+        }
+    });
+    result
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {

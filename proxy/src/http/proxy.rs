@@ -438,7 +438,20 @@ pub(super) async fn send(
             ))
         }
         Checkout::H2(conn) => {
-            let resp = crate::http::h2client::send(&conn, req, upgrade).await?;
+            use crate::http::h2client::{self, SendError};
+            let resp = match h2client::send(&conn, req, upgrade).await {
+                Ok(r) => r,
+                Err(SendError::NotSent(req)) => {
+                    // The pool has marked that connection closed: this opens a new one.
+                    let fresh = Box::pin(pool::h2(backend, ep)).await?;
+                    match Box::pin(h2client::send(&fresh, req, upgrade)).await {
+                        Ok(r) => r,
+                        Err(SendError::NotSent(_)) => return Err(ProxyError::UpstreamReset),
+                        Err(SendError::Failed(e)) => return Err(e),
+                    }
+                }
+                Err(SendError::Failed(e)) => return Err(e),
+            };
             Ok(Box::new(resp.map(|body| {
                 ResponseBody::upstream(UpstreamBody::Right(body))
             })))
