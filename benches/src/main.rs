@@ -85,7 +85,7 @@ struct CompareArgs {
     /// Warm-up before the first phase [default: 2s, 0.5s with --quick].
     #[arg(long, value_parser = duration)]
     warmup: Option<Duration>,
-    /// Each measured window [default: 4s, 1.5s with --quick].
+    /// Each measured window [default: 4s, 1.2s with --quick].
     #[arg(long, value_parser = duration)]
     measure: Option<Duration>,
     #[arg(long, default_value_t = 1024)]
@@ -346,7 +346,8 @@ fn compare(a: CompareArgs) -> Result<()> {
             Duration::from_millis(500)
         },
         measure: a.measure.unwrap_or(if a.quick {
-            Duration::from_millis(1500)
+            // 22 cases (11 targets × 2 protocols) in one round: under 2 minutes in all.
+            Duration::from_millis(1200)
         } else {
             Duration::from_secs(4)
         }),
