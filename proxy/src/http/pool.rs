@@ -95,8 +95,21 @@ pub async fn checkout(
             let conn = Box::pin(connect_fresh_h1(backend, ep)).await?;
             Ok(Checkout::H1(conn, returner))
         }
-        UpstreamProtocol::Http2 => h2(backend, ep).await.map(Checkout::H2),
+        UpstreamProtocol::Http2 => {
+            if let Some(live) = live_h2(ep.slot) {
+                return Ok(Checkout::H2(live));
+            }
+            // Boxed: connecting is rare (see above).
+            Box::pin(h2(backend, ep)).await.map(Checkout::H2)
+        }
     }
+}
+
+/// The endpoint's HTTP/2 connection if it is open.
+fn live_h2(slot: usize) -> Option<H2Conn> {
+    with_slot(slot, |slot| {
+        slot.h2.as_ref().filter(|c| !c.is_closed()).cloned()
+    })
 }
 
 /// The endpoint's shared HTTP/2 connection, opened if there is none (or it is closed).
