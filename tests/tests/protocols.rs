@@ -596,6 +596,11 @@ async fn h2c_client_reaches_http1_and_http2_backends() {
     );
 }
 
+/// A WebSocket opening handshake (RFC 6455 §1.3's example key).
+const WEBSOCKET_UPGRADE: &[u8] =
+    b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
 /// HTTP/2 has no `Connection` or `Upgrade` (RFC 9113 §8.2.2): an HTTP/1.1 upgrade request
 /// routed to an h2c backend goes as a plain request, without them, and its answer comes back
 /// as a plain one (not a 502 for fields HTTP/2 cannot carry).
@@ -606,10 +611,7 @@ async fn an_upgrade_request_to_an_h2_backend_goes_as_a_plain_request() {
 
     let mut stream = connect(proxy.addr("web")).await;
     stream
-        .write_all(
-            b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
+        .write_all(WEBSOCKET_UPGRADE)
         .await
         .expect("write the upgrade request");
     let head = read_head(&mut stream).await.to_ascii_lowercase();
@@ -1422,10 +1424,7 @@ async fn websocket_upgrade_tunnels_bytes_both_ways() {
 
     let mut stream = connect(proxy.addr("web")).await;
     stream
-        .write_all(
-            b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
+        .write_all(WEBSOCKET_UPGRADE)
         .await
         .expect("write the upgrade request");
     let head = read_head(&mut stream).await;
