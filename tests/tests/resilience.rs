@@ -1799,3 +1799,85 @@ async fn a_refused_h2_stream_is_retried() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "served");
 }
+
+/// An HTTP/2 upstream of the `h2` crate that never answers: it reads each request body and
+/// counts the streams the proxy resets while it reads.
+async fn silent_h2_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the h2 upstream");
+    let addr = listener.local_addr().expect("its address");
+    let resets = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&resets);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, respond))) = conn.accept().await {
+                    let count = Arc::clone(&count);
+                    tokio::spawn(async move {
+                        let _respond = respond;
+                        let mut body = request.into_body();
+                        loop {
+                            match body.data().await {
+                                Some(Ok(data)) => {
+                                    let _ = body.flow_control().release_capacity(data.len());
+                                }
+                                Some(Err(_)) => {
+                                    count.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                None => return,
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, resets)
+}
+
+/// A request that times out while its client is still sending the body: the client gets its
+/// 504 and the upstream sees its stream reset at once, rather than working on for as long as
+/// the client keeps the body open (cancellation reaches the upstream, as it does for a client
+/// that leaves).
+#[tokio::test]
+async fn a_timed_out_request_resets_its_h2_upstream_stream_while_its_body_still_streams() {
+    use std::sync::atomic::Ordering;
+    let (upstream, resets) = silent_h2_upstream().await;
+    let proxy = Proxy::start(config(
+        &[route("slow", "timeout: 300ms", "silent")],
+        &[backend_at("silent", &[upstream], "protocol: http2")],
+    ))
+    .await;
+
+    let mut client = tern_e2e::h2_connect(proxy.addr("web"))
+        .await
+        .expect("an HTTP/2 connection to the proxy");
+    let request = http::Request::post(proxy.url("web", "/upload"))
+        .body(())
+        .expect("a request head");
+    let (response, mut body) = client
+        .send_request(request, false)
+        .expect("the request goes out");
+    body.send_data(Bytes::from_static(b"the first chunk"), false)
+        .expect("the first chunk goes out");
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("an answer within the deadline")
+        .expect("a response");
+    assert_eq!(response.status(), 504);
+    wait_for(
+        "the upstream stream reset after the timeout",
+        DEADLINE,
+        async || resets.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    // The client's body was never ended: it is still open here.
+    drop(body);
+}

@@ -14,6 +14,8 @@
 //! - `content-length` is set from a body of known length when the request has none;
 //! - a request body is sent as `h2`'s flow control allows, one chunk buffered at most, and
 //!   stops when the upstream resets the stream;
+//! - an exchange that gives up before the response head (a timeout, the client gone) resets
+//!   the stream, even while the client is still sending the body;
 //! - the response body gives its bytes back to the flow-control windows as it is read, so an
 //!   upstream is held back by a slow client and never buffered without bound;
 //! - settings: no server push, windows of 1 MiB per stream and 2 MiB per connection, a 16 KiB
@@ -132,10 +134,20 @@ pub async fn send(
     let (response, stream) = sender
         .send_request(Request::from_parts(parts, ()), eos)
         .map_err(upstream_error)?;
+    let mut cancel = None;
     if !eos {
-        tokio::spawn(pipe(body, stream));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        cancel = Some(CancelOnDrop(Some(tx)));
+        tokio::spawn(pipe(body, stream, rx));
     }
+    // Dropped here (a timeout, the client gone, an error) before the response head came, the
+    // guard tells the body's task to reset the stream: the upstream stops working on a request
+    // nobody waits for, even while the client is still sending its body.
     let response = response.await.map_err(upstream_error)?;
+    if let Some(mut guard) = cancel {
+        // Answered: the body goes on flowing for as long as the client sends it.
+        guard.0 = None;
+    }
     let remaining = crate::http::h1::content_length(response.headers())
         .ok()
         .flatten();
@@ -165,11 +177,42 @@ fn upstream_error(e: h2::Error) -> SendError {
     })
 }
 
+/// Resets a request's stream through its body's task when dropped armed (see [`send`]).
+struct CancelOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Streams a request body into its stream: a chunk is sent once the stream has some window,
 /// trailers end it, and a failed read resets it (the upstream must not take a cut-short body
-/// for a whole one).
-async fn pipe(mut body: RequestBody, mut tx: SendStream<Bytes>) {
-    if let Err(e) = poll_fn(|cx| poll_pipe(&mut body, &mut tx, cx)).await {
+/// for a whole one). `cancel` resolving with `Ok` resets it too (the exchange gave up before
+/// the response came); closed without a value, it is no longer watched.
+async fn pipe(
+    mut body: RequestBody,
+    mut tx: SendStream<Bytes>,
+    cancel: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut cancel = Some(cancel);
+    let piped = poll_fn(|cx| {
+        if let Some(rx) = &mut cancel {
+            match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    tx.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(Err("the exchange gave up before the response".into()));
+                }
+                Poll::Ready(Err(_)) => cancel = None,
+                Poll::Pending => {}
+            }
+        }
+        poll_pipe(&mut body, &mut tx, cx)
+    })
+    .await;
+    if let Err(e) = piped {
         tracing::debug!(error = %e, "request body to an HTTP/2 upstream ended early");
     }
 }
