@@ -686,3 +686,35 @@ fn headers_json(headers: &HeaderMap) -> Value {
     }
     Value::Object(map)
 }
+
+/// A bare HTTP/2 upstream of the `h2` crate on a free loopback port, for behaviour the test
+/// backends do not script (resetting a stream with a chosen reason, never answering): each
+/// stream of each connection is handed to `on_stream` on a task of its own.
+pub async fn h2_upstream<F, Fut>(on_stream: F) -> SocketAddr
+where
+    F: Fn(Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the h2 upstream");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let on_stream = on_stream.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, respond))) = conn.accept().await {
+                    tokio::spawn(on_stream(request, respond));
+                }
+            });
+        }
+    });
+    addr
+}

@@ -7,7 +7,8 @@
 //! - [`backend`]: test backends (echo, slow, failing, h2c, trailers, large bodies, upgrade
 //!   echo) that report what the proxy sent them, and misbehaving ones for resilience tests:
 //!   failing every n-th request, status and delay switchable while running, hanging,
-//!   resetting, dying or stalling mid-body; counts per method and of requests in flight.
+//!   resetting, dying or stalling mid-body; counts per method and of requests in flight; a
+//!   bare `h2` upstream for stream-level behaviour (`h2_upstream`).
 //! - [`proxy`]: launching the proxy binary with a config file; readiness, logs, signals,
 //!   reloads, admin calls, `validate`.
 //! - [`config`]: filling ports into config text (`127.0.0.1:0` → a free port), small config
@@ -102,7 +103,7 @@ pub mod trace;
 pub mod wait;
 
 pub use accesslog::AccessLogFile;
-pub use backend::{BACKEND_HEADER, BackendBuilder, ServerProtocol, TestBackend};
+pub use backend::{BACKEND_HEADER, BackendBuilder, ServerProtocol, TestBackend, h2_upstream};
 pub use body::Body;
 pub use client::{
     Echo, TestClient, TestResponse, h2_connect, http1_client, http2_client, raw_http1,

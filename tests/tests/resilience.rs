@@ -1721,40 +1721,29 @@ backends:
     }
 }
 
-/// An HTTP/2 upstream of the `h2` crate that refuses the first `refuse` streams with
-/// `REFUSED_STREAM` and answers the others `200 served`. Returns its address and the number
-/// of streams it has seen.
+/// An HTTP/2 upstream that refuses the first `refuse` streams with `REFUSED_STREAM` and
+/// answers the others `200 served`. Returns its address and the number of streams it has seen.
 async fn refusing_h2_upstream(refuse: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the h2 upstream");
-    let addr = listener.local_addr().expect("its address");
     let seen = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let count = Arc::clone(&count);
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((_request, mut respond))) = conn.accept().await {
-                    if count.fetch_add(1, Ordering::SeqCst) < refuse {
-                        respond.send_reset(h2::Reason::REFUSED_STREAM);
-                        continue;
-                    }
-                    let response = http::Response::builder()
-                        .status(200)
-                        .body(())
-                        .expect("a response head");
-                    if let Ok(mut body) = respond.send_response(response, false) {
-                        let _ = body.send_data(Bytes::from_static(b"served"), true);
-                    }
-                }
-            });
+    let addr = tern_e2e::h2_upstream(move |_request, mut respond| {
+        let refused = count.fetch_add(1, Ordering::SeqCst) < refuse;
+        async move {
+            if refused {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            }
+            let response = http::Response::builder()
+                .status(200)
+                .body(())
+                .expect("a response head");
+            if let Ok(mut body) = respond.send_response(response, false) {
+                let _ = body.send_data(Bytes::from_static(b"served"), true);
+            }
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 
@@ -1800,45 +1789,32 @@ async fn a_refused_h2_stream_is_retried() {
     assert_eq!(r.text(), "served");
 }
 
-/// An HTTP/2 upstream of the `h2` crate that never answers: it reads each request body and
-/// counts the streams the proxy resets while it reads.
+/// An HTTP/2 upstream that never answers: it reads each request body and counts the streams
+/// the proxy resets while it reads.
 async fn silent_h2_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the h2 upstream");
-    let addr = listener.local_addr().expect("its address");
     let resets = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&resets);
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let count = Arc::clone(&count);
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((request, respond))) = conn.accept().await {
-                    let count = Arc::clone(&count);
-                    tokio::spawn(async move {
-                        let _respond = respond;
-                        let mut body = request.into_body();
-                        loop {
-                            match body.data().await {
-                                Some(Ok(data)) => {
-                                    let _ = body.flow_control().release_capacity(data.len());
-                                }
-                                Some(Err(_)) => {
-                                    count.fetch_add(1, Ordering::SeqCst);
-                                    return;
-                                }
-                                None => return,
-                            }
-                        }
-                    });
+    let addr = tern_e2e::h2_upstream(move |request, respond| {
+        let count = Arc::clone(&count);
+        async move {
+            let _respond = respond;
+            let mut body = request.into_body();
+            loop {
+                match body.data().await {
+                    Some(Ok(data)) => {
+                        let _ = body.flow_control().release_capacity(data.len());
+                    }
+                    Some(Err(_)) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    None => return,
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, resets)
 }
 
