@@ -114,20 +114,17 @@ fn live_h2(slot: usize) -> Option<H2Conn> {
 
 /// The endpoint's shared HTTP/2 connection, opened if there is none (or it is closed).
 pub async fn h2(backend: &BackendRt, ep: &EndpointRt) -> Result<H2Conn, ProxyError> {
-    let s = &backend.settings;
-    let pending = with_slot(ep.slot, |slot| {
-        if let Some(live) = slot.h2.as_ref().filter(|s| !s.is_closed()) {
-            return Err(live.clone());
-        }
-        Ok(Arc::clone(
+    if let Some(live) = live_h2(ep.slot) {
+        return Ok(live);
+    }
+    // No await since the check: no other task of this worker can have connected meanwhile.
+    let cell = with_slot(ep.slot, |slot| {
+        Arc::clone(
             slot.h2_connecting
                 .get_or_insert_with(|| Arc::new(OnceCell::new())),
-        ))
+        )
     });
-    let cell = match pending {
-        Err(live) => return Ok(live),
-        Ok(cell) => cell,
-    };
+    let s = &backend.settings;
     let result = cell
         .get_or_init(|| {
             Box::pin(async {
