@@ -64,3 +64,28 @@ async fn answer(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Byt
     );
     Ok(resp)
 }
+
+/// A backend on its own thread for unit tests (it serves until the test process exits),
+/// answering 1 KiB; returns once a request to it succeeds.
+#[cfg(test)]
+pub fn for_tests() -> Result<SocketAddr> {
+    let addr = crate::targets::process::free_addr()?;
+    std::thread::spawn(move || serve(addr, 1024));
+    wait_answering(addr)?;
+    Ok(addr)
+}
+
+/// Waits (10 s at most) until a request to `addr` succeeds.
+#[cfg(test)]
+pub fn wait_answering(addr: SocketAddr) -> Result<()> {
+    use crate::loadgen::{Endpoint, Protocol, probe};
+    let endpoint = Endpoint::for_addr(addr, "/")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while probe(&endpoint, Protocol::Http1, Duration::from_secs(1)).is_err() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("nothing answers on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}

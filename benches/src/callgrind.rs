@@ -74,6 +74,7 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
     }
     let backend_bin = std::env::current_exe().context("finding this program's path")?;
     let mut cases = vec![
+        TargetName::Relay,
         TargetName::Tern,
         TargetName::TernResilient,
         TargetName::TernTraced,
@@ -355,6 +356,36 @@ fn start_hops(
                 &[],
                 dir.join("haproxy.log"),
                 StopBy::Signal(Signal::SIGUSR1),
+            )?;
+            wait_listening(&mut proc, &[listen], None, timeout)?;
+            hops.push(Hop { proc, out });
+            Ok((hops, listen))
+        }
+        TargetName::Relay => {
+            let bin = std::env::current_exe().context("finding this program's path")?;
+            let listen = free_addr()?;
+            let out = dir.join("callgrind.relay.out");
+            let args = callgrind_args(
+                &out,
+                &bin,
+                &[
+                    "relay".to_owned(),
+                    "--listen".to_owned(),
+                    listen.to_string(),
+                    "--backend".to_owned(),
+                    backend.to_string(),
+                    "--workers".to_owned(),
+                    settings.workers.to_string(),
+                ],
+            );
+            let mut proc = Proc::spawn(
+                "relay",
+                None,
+                valgrind,
+                &args,
+                &[],
+                dir.join("relay.log"),
+                StopBy::Signal(Signal::SIGTERM),
             )?;
             wait_listening(&mut proc, &[listen], None, timeout)?;
             hops.push(Hop { proc, out });

@@ -28,7 +28,10 @@ use crate::targets::{self, Programs, Running, Setup, Target, TargetName};
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub rounds: usize,
+    /// Every target, in round order: all of them run over HTTP/1.1.
     pub targets: Vec<TargetName>,
+    /// The targets that also run over HTTP/2 (a subset of `targets`).
+    pub h2_targets: Vec<TargetName>,
     pub protocols: Vec<Protocol>,
     pub workers: usize,
     pub connections: usize,
@@ -53,6 +56,14 @@ pub struct Settings {
     /// CPU of the load generator and CPU of everything else, or none when not pinned.
     pub pinning: Option<(usize, usize)>,
     pub quick: bool,
+}
+
+impl Settings {
+    /// Whether `target` runs over `protocol` in this comparison.
+    pub fn runs(&self, target: TargetName, protocol: Protocol) -> bool {
+        self.targets.contains(&target)
+            && (protocol == Protocol::Http1 || self.h2_targets.contains(&target))
+    }
 }
 
 /// One phase of one case.
@@ -142,16 +153,22 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
             settings
                 .protocols
                 .iter()
+                .filter(|&&p| settings.runs(t.name(), p))
                 .filter_map(|&p| t.note(p).map(|n| (t.name(), p, n)))
         })
         .collect();
 
     let backend_bin = std::env::current_exe().context("finding this program's path")?;
-    let total = settings.rounds * settings.protocols.len() * active.len();
+    let per_round: usize = settings
+        .protocols
+        .iter()
+        .map(|&p| active.iter().filter(|t| settings.runs(t.name(), p)).count())
+        .sum();
+    let total = settings.rounds * per_round;
     let mut runs = Vec::with_capacity(total);
     for round in 1..=settings.rounds {
         for &protocol in &settings.protocols {
-            for target in &active {
+            for target in active.iter().filter(|t| settings.runs(t.name(), protocol)) {
                 eprintln!(
                     "[{}/{total}] round {round}: {} over {} ...",
                     runs.len() + 1,

@@ -903,25 +903,14 @@ pub fn probe(endpoint: &Endpoint, protocol: Protocol, timeout: Duration) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A backend on its own thread (it serves until the test process exits).
     fn backend() -> Result<Endpoint> {
-        let addr = crate::targets::process::free_addr()?;
-        std::thread::spawn(move || crate::backend::serve(addr, 1024));
-        let endpoint = Endpoint::for_addr(addr, "/x?y=1")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while probe(&endpoint, Protocol::Http1, Duration::from_secs(1)).is_err() {
-            if Instant::now() > deadline {
-                bail!("the test backend did not start");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(endpoint)
+        Endpoint::for_addr(crate::backend::for_tests()?, "/x?y=1")
     }
 
-    fn spec(endpoint: Endpoint, protocol: Protocol, pace: Pace, budget: Budget) -> Spec {
+    pub(crate) fn spec(endpoint: Endpoint, protocol: Protocol, pace: Pace, budget: Budget) -> Spec {
         Spec {
             endpoint,
             protocol,

@@ -1,8 +1,9 @@
 //! `tern-benches`: Tern's benchmark harness.
 //!
 //! Layout: `loadgen` is our load generator (hyper client; closed loop for throughput, open
-//! loop with intended-time latency); `backend` the fast fixed-body test server; `targets`
-//! one small struct per thing measured (direct, Tern in several shapes, Envoy, nginx, HAProxy)
+//! loop with intended-time latency); `backend` the fast fixed-body test server; `relay` the
+//! TCP relay that parses nothing (the floor); `targets` one small struct per thing measured
+//! (direct, the relay, Tern in several shapes, Envoy, nginx, HAProxy)
 //! and the child-process handling they share; `measure` the /proc readings; `compare` runs
 //! the interleaved rounds; `report` turns them into medians, ratios, goals, markdown and
 //! JSON; `callgrind` counts instructions per request. `benches/README.md` says what each
@@ -13,6 +14,7 @@ mod callgrind;
 mod compare;
 mod loadgen;
 mod measure;
+mod relay;
 mod report;
 mod targets;
 
@@ -37,7 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Compare Tern with no proxy, Envoy, nginx and HAProxy (interleaved rounds, medians).
+    /// Compare Tern with no proxy, a bare TCP relay, Envoy, nginx and HAProxy (interleaved
+    /// rounds, medians).
     Compare(CompareArgs),
     /// Instructions per request under callgrind (Tern, one hop and two).
     Instructions(InstructionsArgs),
@@ -45,6 +48,9 @@ enum Cmd {
     Load(LoadArgs),
     /// Serve a fixed body over HTTP/1.1 and h2c until killed.
     Backend(BackendArgs),
+    /// Relay TCP to the backend, parsing nothing, until killed (the `relay` target: the
+    /// floor under every proxy on this host).
+    Relay(RelayArgs),
 }
 
 #[derive(Args)]
@@ -68,9 +74,14 @@ struct CompareArgs {
     /// Worker threads (processes for nginx) of every proxy.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Targets, in round order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = TargetName::ALL.to_vec())]
-    targets: Vec<TargetName>,
+    /// Targets, in round order [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    targets: Option<Vec<TargetName>>,
+    /// Targets of the HTTP/2 runs, a subset of --targets [default: the --targets given;
+    /// without them, every target but the Tern layer variants (tern-auto, tern-resilient,
+    /// tern-traced*, tern-sampled-1pct), whose HTTP/1.1 runs measure what the layers cost].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    h2_targets: Option<Vec<TargetName>>,
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Protocol::Http1, Protocol::Http2])]
     protocols: Vec<Protocol>,
     /// Connections (closed and open loop).
@@ -82,7 +93,7 @@ struct CompareArgs {
     /// Open-loop rates in req/s; CPU per request "at rate" uses the first.
     #[arg(long, value_delimiter = ',', default_values_t = vec![2000.0, 10000.0])]
     rates: Vec<f64>,
-    /// Warm-up before the first phase [default: 2s, 0.5s with --quick].
+    /// Warm-up before the first phase [default: 1.5s, 0.5s with --quick].
     #[arg(long, value_parser = duration)]
     warmup: Option<Duration>,
     /// Each measured window [default: 4s, 1.2s with --quick].
@@ -131,7 +142,7 @@ struct InstructionsArgs {
     /// Also nginx and HAProxy under callgrind.
     #[arg(long)]
     peers: bool,
-    /// Only these cases (default: every Tern case, plus the peers with `--peers`).
+    /// Only these cases (default: the relay and every Tern case, plus the peers with `--peers`).
     #[arg(long, value_enum, value_delimiter = ',')]
     cases: Vec<TargetName>,
     #[arg(long)]
@@ -185,6 +196,36 @@ struct BackendArgs {
     response_size: usize,
 }
 
+#[derive(Args)]
+struct RelayArgs {
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    backend: SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+/// Every target of a comparison (all run over HTTP/1.1) and those that run over HTTP/2 too.
+fn compare_targets(
+    targets: Option<Vec<TargetName>>,
+    h2: Option<Vec<TargetName>>,
+) -> Result<(Vec<TargetName>, Vec<TargetName>)> {
+    let h2 = match (&targets, h2) {
+        (_, Some(h2)) => h2,
+        (Some(given), None) => given.clone(),
+        (None, None) => TargetName::ALL
+            .into_iter()
+            .filter(|t| !t.is_tern_variant())
+            .collect(),
+    };
+    let targets = targets.unwrap_or_else(|| TargetName::ALL.to_vec());
+    if let Some(stray) = h2.iter().find(|t| !targets.contains(t)) {
+        bail!("--h2-targets: {stray} is not one of the --targets");
+    }
+    Ok((targets, h2))
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -196,6 +237,7 @@ fn main() -> ExitCode {
         Cmd::Instructions(a) => instructions(a),
         Cmd::Load(a) => load(a),
         Cmd::Backend(a) => backend::serve(a.listen, a.response_size),
+        Cmd::Relay(a) => relay::serve(a.listen, a.backend, a.workers),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -327,9 +369,11 @@ fn compare(a: CompareArgs) -> Result<()> {
         programs = Programs::find(tern);
     }
     let machine = measure::MachineInfo::read(workspace());
+    let (targets, h2_targets) = compare_targets(a.targets, a.h2_targets)?;
     let settings = compare::Settings {
         rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }).max(1),
-        targets: a.targets,
+        targets,
+        h2_targets,
         protocols: a.protocols,
         workers: a.workers.max(1),
         connections: a.connections.max(1),
@@ -338,7 +382,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         warmup: a.warmup.unwrap_or(if a.quick {
             Duration::from_millis(500)
         } else {
-            Duration::from_secs(2)
+            Duration::from_millis(1500)
         }),
         settle: if a.quick {
             Duration::from_millis(300)
@@ -346,7 +390,8 @@ fn compare(a: CompareArgs) -> Result<()> {
             Duration::from_millis(500)
         },
         measure: a.measure.unwrap_or(if a.quick {
-            // 22 cases (11 targets × 2 protocols) in one round: under 2 minutes in all.
+            // 19 cases (12 targets over HTTP/1.1, 7 over HTTP/2) in one round: under 2
+            // minutes in all.
             Duration::from_millis(1200)
         } else {
             Duration::from_secs(4)
@@ -481,4 +526,40 @@ fn load(a: LoadArgs) -> Result<()> {
         bail!("{} requests failed", r.failures());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2_runs_leave_out_the_tern_variants_by_default() -> Result<()> {
+        let (all, h2) = compare_targets(None, None)?;
+        assert_eq!(all, TargetName::ALL);
+        assert_eq!(
+            h2,
+            [
+                TargetName::Direct,
+                TargetName::Relay,
+                TargetName::Tern,
+                TargetName::TernMesh,
+                TargetName::Envoy,
+                TargetName::Nginx,
+                TargetName::Haproxy,
+            ]
+        );
+        // Targets given: both protocols run them, unless told otherwise.
+        let given = vec![TargetName::TernTraced, TargetName::Nginx];
+        assert_eq!(
+            compare_targets(Some(given.clone()), None)?,
+            (given.clone(), given.clone())
+        );
+        assert_eq!(
+            compare_targets(Some(given.clone()), Some(vec![TargetName::Nginx]))?,
+            (given, vec![TargetName::Nginx])
+        );
+        let stray = compare_targets(Some(vec![TargetName::Tern]), Some(vec![TargetName::Envoy]));
+        assert!(stray.is_err_and(|e| e.to_string().contains("envoy is not one of the --targets")));
+        Ok(())
+    }
 }

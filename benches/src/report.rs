@@ -222,6 +222,15 @@ pub struct Goal {
     pub met: Option<bool>,
 }
 
+/// A goal set against a peer, checked against the `relay` instead of Tern: a goal the
+/// relay misses is below the floor of this host, and no proxy here can meet it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorCheck {
+    pub goal: String,
+    pub relay: String,
+    pub reachable: bool,
+}
+
 /// The whole report: what the JSON holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -229,6 +238,7 @@ pub struct Report {
     pub outcome: Outcome,
     pub summaries: Vec<Summary>,
     pub goals: Vec<Goal>,
+    pub floor: Vec<FloorCheck>,
 }
 
 pub fn build(machine: MachineInfo, outcome: Outcome) -> Report {
@@ -241,11 +251,13 @@ pub fn build(machine: MachineInfo, outcome: Outcome) -> Report {
         }
     }
     let goals = goals(&outcome, &summaries);
+    let floor = floor(&outcome, &summaries);
     Report {
         machine,
         outcome,
         summaries,
         goals,
+        floor,
     }
 }
 
@@ -475,6 +487,73 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
     out
 }
 
+/// The throughput and CPU goals set against a peer, with the relay in Tern's place.
+fn floor(outcome: &Outcome, s: &[Summary]) -> Vec<FloorCheck> {
+    use TargetName::*;
+    let rates = outcome.settings.rates.as_slice();
+    let valid = |target| Valid {
+        s: find(s, target, Protocol::Http1),
+        rates,
+    };
+    let (relay, envoy, nginx, haproxy) = (valid(Relay), valid(Envoy), valid(Nginx), valid(Haproxy));
+    let r0 = rates
+        .first()
+        .map_or_else(|| "?".to_owned(), |&r| rate_label(r));
+    let best_peer = [nginx.throughput(), haproxy.throughput()]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
+    let mut out = Vec::new();
+    let mut check =
+        |goal: String, measured: Option<(f64, f64)>, ok: fn(f64, f64) -> bool, unit: &str| {
+            if let Some((r, p)) = measured {
+                let decimals = usize::from(!unit.is_empty());
+                out.push(FloorCheck {
+                    goal,
+                    relay: format!("{:.2}× ({r:.decimals$} vs {p:.decimals$}{unit})", r / p),
+                    reachable: ok(r, p),
+                });
+            }
+        };
+    check(
+        "throughput ≥ 4× Envoy's".into(),
+        relay.throughput().zip(envoy.throughput()),
+        |r, e| r >= 4.0 * e,
+        "",
+    );
+    check(
+        "throughput ≥ 1.0× the better of nginx / HAProxy".into(),
+        relay.throughput().zip(best_peer),
+        |r, p| r >= p,
+        "",
+    );
+    check(
+        "CPU/request at full load ≤ 0.25× Envoy's".into(),
+        relay.cpu_max().zip(envoy.cpu_max()),
+        |r, e| r <= 0.25 * e,
+        " µs",
+    );
+    check(
+        format!("CPU/request at {r0} req/s ≤ 0.25× Envoy's"),
+        relay.cpu_at0().zip(envoy.cpu_at0()),
+        |r, e| r <= 0.25 * e,
+        " µs",
+    );
+    check(
+        "CPU/request at full load ≤ nginx's".into(),
+        relay.cpu_max().zip(nginx.cpu_max()),
+        |r, n| r <= n,
+        " µs",
+    );
+    check(
+        format!("CPU/request at {r0} req/s ≤ nginx's"),
+        relay.cpu_at0().zip(nginx.cpu_at0()),
+        |r, n| r <= n,
+        " µs",
+    );
+    out
+}
+
 /// Marks a cell whose phase had failures.
 fn flag(ok: bool, text: String) -> String {
     if ok { text } else { format!("!! {text}") }
@@ -699,6 +778,51 @@ pub fn markdown(r: &Report) -> String {
                 md.push('\n');
             }
         }
+
+        // What each proxy adds to the floor.
+        if let Some(relay) = find(&r.summaries, TargetName::Relay, protocol) {
+            let proxies: Vec<&&Summary> = rows
+                .iter()
+                .filter(|s| !matches!(s.target, TargetName::Direct | TargetName::Relay))
+                .collect();
+            if !proxies.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "Each proxy's own work: its CPU µs/request over the relay's (the relay's is what the kernel and the runtime cost when nothing is parsed):\n"
+                );
+                let _ = writeln!(
+                    md,
+                    "| target | over the relay, max | over the relay, @{r0} |\n|---|--:|--:|"
+                );
+                let r0_cpu = |s: &Summary| s.cpu_us_at_rate.first().copied().flatten();
+                for p in proxies {
+                    let mark = if p.failures.any() { "!! " } else { "" };
+                    let over = |ok: bool, a: Option<f64>, b: Option<f64>| {
+                        flag(
+                            ok,
+                            a.zip(b)
+                                .map_or_else(|| "–".to_owned(), |(a, b)| format!("{:+.1}", a - b)),
+                        )
+                    };
+                    let _ = writeln!(
+                        md,
+                        "| {mark}{} | {} | {} |",
+                        p.target,
+                        over(
+                            p.phase_ok("max") && relay.phase_ok("max"),
+                            p.cpu_us_max,
+                            relay.cpu_us_max
+                        ),
+                        over(
+                            p.rate_ok(&st.rates, 0) && relay.rate_ok(&st.rates, 0),
+                            r0_cpu(p),
+                            r0_cpu(relay)
+                        ),
+                    );
+                }
+                md.push('\n');
+            }
+        }
     }
 
     // Notes on how the targets were set up.
@@ -723,6 +847,22 @@ pub fn markdown(r: &Report) -> String {
                 None => "–",
             };
             let _ = writeln!(md, "| {} | {} | {verdict} |", g.goal, g.measured);
+        }
+        md.push('\n');
+    }
+
+    if !r.floor.is_empty() {
+        let _ = writeln!(
+            md,
+            "## What this host allows (HTTP/1.1)\n\nThe goals set against a peer, with the `relay` in Tern's place. The relay parses nothing and makes the same system calls per request as a proxy with a keep-alive pool, so a goal it misses is below this host's floor: no proxy here can meet it.\n\n| goal | the relay | |\n|---|---|---|"
+        );
+        for f in &r.floor {
+            let verdict = if f.reachable {
+                "reachable"
+            } else {
+                "**below the floor**"
+            };
+            let _ = writeln!(md, "| {} | {} | {verdict} |", f.goal, f.relay);
         }
         md.push('\n');
     }
@@ -889,6 +1029,7 @@ mod tests {
             settings: Settings {
                 rounds: 1,
                 targets: vec![TargetName::Direct, TargetName::Tern, TargetName::Envoy],
+                h2_targets: Vec::new(),
                 protocols: vec![Protocol::Http1],
                 workers: 1,
                 connections: 32,
@@ -1002,6 +1143,65 @@ mod tests {
         );
         let md = markdown(&r);
         assert!(md.contains("| tern-sampled-1pct |"), "{md}");
+    }
+
+    #[test]
+    fn the_relay_shows_what_the_host_allows() {
+        let cpu = |mut r: CaseRun, us: f64| {
+            for p in &mut r.phases {
+                p.proxy_cpu_us_per_request = Some(us);
+            }
+            r
+        };
+        let mut o = outcome(vec![
+            run(TargetName::Direct, vec![(None, load(80_000, 0, 0, 300.0))]),
+            cpu(
+                run(TargetName::Relay, vec![(None, load(45_000, 0, 0, 500.0))]),
+                14.0,
+            ),
+            cpu(
+                run(TargetName::Tern, vec![(None, load(40_000, 0, 0, 600.0))]),
+                16.0,
+            ),
+            cpu(
+                run(TargetName::Envoy, vec![(None, load(20_000, 0, 0, 900.0))]),
+                40.0,
+            ),
+            cpu(
+                run(TargetName::Nginx, vec![(None, load(40_500, 0, 0, 600.0))]),
+                15.5,
+            ),
+        ]);
+        o.settings.targets = vec![
+            TargetName::Direct,
+            TargetName::Relay,
+            TargetName::Tern,
+            TargetName::Envoy,
+            TargetName::Nginx,
+        ];
+        let r = build(machine(), o);
+        let reachable = |name: &str| r.floor.iter().find(|f| f.goal == name).map(|f| f.reachable);
+        // 45k < 4 × 20k; 14 µs > 0.25 × 40 µs; 45k ≥ 40.5k; 14 µs ≤ 15.5 µs.
+        assert_eq!(reachable("throughput ≥ 4× Envoy's"), Some(false));
+        assert_eq!(
+            reachable("CPU/request at full load ≤ 0.25× Envoy's"),
+            Some(false)
+        );
+        assert_eq!(
+            reachable("throughput ≥ 1.0× the better of nginx / HAProxy"),
+            Some(true)
+        );
+        assert_eq!(reachable("CPU/request at full load ≤ nginx's"), Some(true));
+        // No open-loop phase ran: nothing to say at a rate.
+        assert_eq!(reachable("CPU/request at 2k req/s ≤ 0.25× Envoy's"), None);
+        let md = markdown(&r);
+        assert!(
+            md.contains("| CPU/request at full load ≤ 0.25× Envoy's | 0.35× (14.0 vs 40.0 µs) | **below the floor** |"),
+            "{md}"
+        );
+        assert!(md.contains("| tern | +2.0 | – |"), "{md}");
+        assert!(md.contains("| envoy | +26.0 | – |"), "{md}");
+        assert!(!md.contains("| relay | +"), "{md}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod envoy;
 mod haproxy;
 mod nginx;
 pub mod process;
+mod relay;
 mod tern;
 
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ pub use process::Proc;
 pub enum TargetName {
     /// The backend itself, no proxy: the floor every other figure is compared with.
     Direct,
+    /// A TCP relay that parses nothing (this harness's own, on tokio, one worker): the floor
+    /// under every proxy on this host.
+    Relay,
     /// One Tern proxy (`protocol: http1` listener for HTTP/1.1, `http2` for h2c).
     Tern,
     /// One Tern proxy with a `protocol: auto` listener (per-connection detection).
@@ -57,8 +61,9 @@ pub enum TargetName {
 }
 
 impl TargetName {
-    pub const ALL: [TargetName; 11] = [
+    pub const ALL: [TargetName; 12] = [
         TargetName::Direct,
+        TargetName::Relay,
         TargetName::Tern,
         TargetName::TernAuto,
         TargetName::TernMesh,
@@ -74,6 +79,7 @@ impl TargetName {
     pub fn as_str(self) -> &'static str {
         match self {
             TargetName::Direct => "direct",
+            TargetName::Relay => "relay",
             TargetName::Tern => "tern",
             TargetName::TernAuto => "tern-auto",
             TargetName::TernMesh => "tern-mesh",
@@ -85,6 +91,19 @@ impl TargetName {
             TargetName::Nginx => "nginx",
             TargetName::Haproxy => "haproxy",
         }
+    }
+
+    /// Tern with a layer or listener mode added: what its HTTP/1.1 runs measure is that
+    /// layer's cost, so a default comparison leaves it out of the HTTP/2 runs.
+    pub fn is_tern_variant(self) -> bool {
+        matches!(
+            self,
+            TargetName::TernAuto
+                | TargetName::TernResilient
+                | TargetName::TernTraced
+                | TargetName::TernTraced1
+                | TargetName::TernSampled1
+        )
     }
 
     /// A proxy that is not Tern.
@@ -198,6 +217,7 @@ pub trait Target {
 pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
     match name {
         TargetName::Direct => Box::new(direct::Direct),
+        TargetName::Relay => Box::new(relay::Relay),
         TargetName::Tern => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::One)),
         TargetName::TernAuto => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Auto)),
         TargetName::TernMesh => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Mesh)),
