@@ -7,7 +7,8 @@
 //! (`listener`), detect the protocol (`detect`), and serve HTTP (`http`: our HTTP/1.1 server
 //! `http::server::h1` and hyper's HTTP/2 one, the request path in `http::proxy`, our HTTP/1.1
 //! upstream client `http::client`, the framing both share in `http::h1`, the HTTP/2 upstream
-//! client on the `h2` crate `http::h2client`, and the per-worker upstream `http::pool`) or
+//! client on the `h2` crate `http::h2client`, the write batching both HTTP/2 sides share
+//! `http::h2io`, and the per-worker upstream `http::pool`) or
 //! opaque TCP (`tcp`). Routing is
 //! `router`, the weighted canary pick is `split`, failures map to responses in `error`.
 //! Resilience: `breaker` (per-backend limits, outlier ejection), `balance` (P2C over

@@ -67,6 +67,7 @@ pub async fn handshake(
     addr: std::net::SocketAddr,
     permit: Permit,
 ) -> Result<H2Conn, ProxyError> {
+    let (io, polls) = super::h2io::writer(io);
     let (sender, conn) = h2::client::Builder::new()
         .enable_push(false)
         .initial_max_send_streams(100)
@@ -84,7 +85,7 @@ pub async fn handshake(
     let flag = Arc::clone(&closed);
     tokio::spawn(async move {
         let _permit = permit;
-        if let Err(e) = conn.await {
+        if let Err(e) = polls.count(conn).await {
             tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
         }
         flag.store(true, Ordering::Relaxed);

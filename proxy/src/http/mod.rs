@@ -6,6 +6,7 @@ pub mod client;
 pub mod exchange;
 pub mod h1;
 pub mod h2client;
+pub mod h2io;
 pub mod headers;
 pub mod observe;
 pub mod pool;

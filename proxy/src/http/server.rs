@@ -156,7 +156,7 @@ pub async fn serve_h2<I>(
         activity: Arc::clone(&activity),
     });
     let svc = service_fn(move |req| handle(req, Arc::clone(&ctx)));
-    let io = TokioIo::new(Watched {
+    let (io, polls) = super::h2io::writer(Watched {
         io,
         activity: Arc::clone(&activity),
     });
@@ -169,17 +169,17 @@ pub async fn serve_h2<I>(
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(2 << 20);
-    let conn = b.serve_connection(io, svc);
+    let conn = polls.count(b.serve_connection(TokioIo::new(io), svc));
     tokio::pin!(conn);
     let result = match Gated::new(conn.as_mut(), watch).await {
         Ended::Conn(r) => r,
         Ended::Watch(Stop::Drain) => {
-            conn.as_mut().graceful_shutdown();
+            conn.as_mut().inner().graceful_shutdown();
             conn.await
         }
         Ended::Watch(Stop::Idle) => {
             tracing::debug!(%client, "closing an HTTP/2 connection idle for header_read_timeout");
-            conn.as_mut().graceful_shutdown();
+            conn.as_mut().inner().graceful_shutdown();
             // GOAWAY waits for the client's PING ack; a stalled client never sends one, and no
             // stream is open: don't wait long.
             tokio::time::timeout(idle_limit, conn)
