@@ -33,15 +33,7 @@ pub fn serve(addr: SocketAddr, response_size: usize) -> Result<()> {
             .header_read_timeout(Duration::from_secs(30));
         builder.http2().max_concurrent_streams(1024);
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    eprintln!("backend: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
+            let stream = accept(&listener, "backend").await;
             let _ = stream.set_nodelay(true);
             let body = body.clone();
             let builder = builder.clone();
@@ -52,6 +44,20 @@ pub fn serve(addr: SocketAddr, response_size: usize) -> Result<()> {
             });
         }
     })
+}
+
+/// The next connection. A failed accept (out of descriptors and the like) is reported and
+/// backed off from instead of spun on.
+pub async fn accept(listener: &TcpListener, who: &str) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                eprintln!("{who}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 async fn answer(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {

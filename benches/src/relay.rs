@@ -8,7 +8,6 @@
 //! here can go below it, and a goal below it cannot be met on this host.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,15 +31,7 @@ pub fn serve(listen: SocketAddr, backend: SocketAddr, workers: usize) -> Result<
             .await
             .with_context(|| format!("binding {listen}"))?;
         loop {
-            let (client, _) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    eprintln!("relay: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
+            let client = crate::backend::accept(&listener, "relay").await;
             tokio::spawn(async move {
                 if let Err(e) = relay(client, backend).await {
                     eprintln!("relay: {e:#}");
@@ -63,6 +54,8 @@ async fn relay(mut client: TcpStream, backend: SocketAddr) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::loadgen::{self, Budget, Endpoint, Pace, Protocol};
 
