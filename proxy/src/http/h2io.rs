@@ -3,17 +3,22 @@
 //!
 //! `h2` copies small frames into its own buffer, but hands a DATA payload of 256 bytes or
 //! more to the socket as a `writev` of its own (its "chain" threshold with vectored I/O), and
-//! flushes after each one. A connection answering ten 1 KiB responses made ten system calls,
-//! where HAProxy makes one; over h2c that was one `writev` per request.
+//! flushes after each one. A connection answering ten 1 KiB responses made ten system calls:
+//! over h2c, one `writev` per request, where HAProxy made 0.42 `sendto`.
 //!
 //! [`Writer`] buffers what `h2` writes (tokio's `BufWriter`, 16 KiB: a full default-size
-//! DATA frame bypasses it). A flush while the buffer holds data is put off once: the writer
-//! wakes the connection's task and reports the flush done, and every later flush in the same
-//! poll is put off too. The next poll (the task runs again after the tasks already queued,
-//! which may queue more frames) flushes for real, and `h2` flushes at the end of every poll
-//! that has nothing left to do. So data waits at most one turn of the runtime's queue, and a
-//! batch of responses goes out in one write. [`Counted`] tells the writer which poll it is
-//! in: the connection's future, counting its polls.
+//! DATA frame bypasses it) and decides when a flush writes:
+//! - a lone frame goes at once, so a connection carrying one request at a time pays nothing
+//!   but the copy;
+//! - when frames come together (a second write in the same poll, or already in the last poll
+//!   that wrote), the flush is put off: the writer wakes the connection's task and reports the
+//!   flush done, and every later flush in that poll is put off too. The next poll (the task
+//!   runs again after the tasks already queued, which may queue more frames) writes it all,
+//!   and `h2` flushes at the end of every poll that has nothing left to do.
+//!
+//! So data waits at most one turn of the runtime's queue, and a batch of responses goes out
+//! in one write. [`Counted`] tells the writer which poll it is in: the connection's future,
+//! counting its polls.
 //!
 //! Shutdown writes everything out first (`BufWriter`). The buffer is allocated with the
 //! connection; its pages are touched only as far as one batch ever fills it.
