@@ -484,6 +484,12 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
         |a, b| a <= 1.1 * b,
         cpu_ratio,
     );
+    goal(
+        format!("HTTP/2 CPU/request at {r0} req/s within 10 % of HTTP/1.1"),
+        both(h2.cpu_at0(), tern.cpu_at0()),
+        |a, b| a <= 1.1 * b,
+        cpu_ratio,
+    );
     out
 }
 
@@ -1202,6 +1208,41 @@ mod tests {
         assert!(md.contains("| tern | +2.0 | – |"), "{md}");
         assert!(md.contains("| envoy | +26.0 | – |"), "{md}");
         assert!(!md.contains("| relay | +"), "{md}");
+    }
+
+    #[test]
+    fn http2_cpu_is_judged_at_the_low_rate_too() {
+        let with_cpu = |mut r: CaseRun, protocol, us| {
+            r.protocol = protocol;
+            for p in &mut r.phases {
+                p.proxy_cpu_us_per_request = Some(us);
+            }
+            r
+        };
+        let phases = || {
+            vec![
+                (None, load(40_000, 0, 0, 600.0)),
+                (Some(2000.0), load(2000, 0, 0, 80.0)),
+            ]
+        };
+        let mut o = outcome(vec![
+            with_cpu(run(TargetName::Tern, phases()), Protocol::Http1, 70.0),
+            with_cpu(run(TargetName::Tern, phases()), Protocol::Http2, 95.0),
+        ]);
+        o.settings.targets = vec![TargetName::Tern];
+        o.settings.h2_targets = vec![TargetName::Tern];
+        o.settings.protocols = vec![Protocol::Http1, Protocol::Http2];
+        let r = build(machine(), o);
+        let goal = |name: &str| r.goals.iter().find(|g| g.goal == name).map(|g| g.met);
+        // The same CPU in every phase of a run: 95 / 70 = 1.36 at both loads.
+        assert_eq!(
+            goal("HTTP/2 CPU/request at 2k req/s within 10 % of HTTP/1.1"),
+            Some(Some(false))
+        );
+        assert_eq!(
+            goal("HTTP/2 throughput within 10 % of HTTP/1.1"),
+            Some(Some(true))
+        );
     }
 
     #[test]
