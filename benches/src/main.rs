@@ -42,7 +42,7 @@ enum Cmd {
     /// Compare Tern with no proxy, a bare TCP relay, Envoy, nginx and HAProxy (interleaved
     /// rounds, medians).
     Compare(CompareArgs),
-    /// Instructions per request under callgrind (Tern, one hop and two).
+    /// Instructions per request under callgrind (the relay floor, Tern one hop and two).
     Instructions(InstructionsArgs),
     /// Run the load generator alone against a URL.
     Load(LoadArgs),
