@@ -368,15 +368,7 @@ fn start_hops(
             let args = callgrind_args(
                 &out,
                 &bin,
-                &[
-                    "relay".to_owned(),
-                    "--listen".to_owned(),
-                    listen.to_string(),
-                    "--backend".to_owned(),
-                    backend.to_string(),
-                    "--workers".to_owned(),
-                    settings.workers.to_string(),
-                ],
+                &crate::targets::relay_args(listen, backend, settings.workers),
             );
             let mut proc = Proc::spawn(
                 "relay",

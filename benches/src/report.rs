@@ -342,9 +342,7 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
     };
     let tern = valid(Tern, h1);
     let direct = valid(Direct, h1);
-    let envoy = valid(Envoy, h1);
     let nginx = valid(Nginx, h1);
-    let haproxy = valid(Haproxy, h1);
     let mesh = valid(TernMesh, h1);
     let resilient = valid(TernResilient, h1);
     let traced = valid(TernTraced, h1);
@@ -352,52 +350,13 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
     let sampled1 = valid(TernSampled1, h1);
     let h2 = valid(Tern, Protocol::Http2);
     let both = |a: Option<f64>, b: Option<f64>| a.zip(b);
-    let ratio = |a: f64, b: f64| format!("{:.2}× ({a:.0} vs {b:.0})", a / b);
-    let cpu_ratio = |a: f64, b: f64| format!("{:.2}× ({a:.1} vs {b:.1} µs)", a / b);
     let r0 = rates
         .first()
         .map_or_else(|| "?".to_owned(), |&r| rate_label(r));
 
-    goal(
-        "throughput ≥ 4× Envoy's".into(),
-        both(tern.throughput(), envoy.throughput()),
-        |t, e| t >= 4.0 * e,
-        ratio,
-    );
-    let best_peer = [nginx.throughput(), haproxy.throughput()]
-        .into_iter()
-        .flatten()
-        .reduce(f64::max);
-    goal(
-        "throughput ≥ 1.0× the better of nginx / HAProxy".into(),
-        both(tern.throughput(), best_peer),
-        |t, p| t >= p,
-        ratio,
-    );
-    goal(
-        "CPU/request at full load ≤ 0.25× Envoy's".into(),
-        both(tern.cpu_max(), envoy.cpu_max()),
-        |t, e| t <= 0.25 * e,
-        cpu_ratio,
-    );
-    goal(
-        format!("CPU/request at {r0} req/s ≤ 0.25× Envoy's"),
-        both(tern.cpu_at0(), envoy.cpu_at0()),
-        |t, e| t <= 0.25 * e,
-        cpu_ratio,
-    );
-    goal(
-        "CPU/request at full load ≤ nginx's".into(),
-        both(tern.cpu_max(), nginx.cpu_max()),
-        |t, n| t <= n,
-        cpu_ratio,
-    );
-    goal(
-        format!("CPU/request at {r0} req/s ≤ nginx's"),
-        both(tern.cpu_at0(), nginx.cpu_at0()),
-        |t, n| t <= n,
-        cpu_ratio,
-    );
+    for g in peer_goals(&tern, s, rates) {
+        goal(g.goal, g.measured, g.ok, g.fmt);
+    }
     let added = |x: &Valid<'_>, q: fn(&Latency) -> Option<f64>| {
         both(x.latency0(q), direct.latency0(q)).map(|(a, d)| a - d)
     };
@@ -493,71 +452,105 @@ fn goals(outcome: &Outcome, s: &[Summary]) -> Vec<Goal> {
     out
 }
 
-/// The throughput and CPU goals set against a peer, with the relay in Tern's place.
-fn floor(outcome: &Outcome, s: &[Summary]) -> Vec<FloorCheck> {
-    use TargetName::*;
-    let rates = outcome.settings.rates.as_slice();
+/// A goal set against a peer: the subject's figure and the peer's, when both are valid.
+struct PeerGoal {
+    goal: String,
+    measured: Option<(f64, f64)>,
+    ok: fn(f64, f64) -> bool,
+    fmt: fn(f64, f64) -> String,
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    format!("{:.2}× ({a:.0} vs {b:.0})", a / b)
+}
+
+fn cpu_ratio(a: f64, b: f64) -> String {
+    format!("{:.2}× ({a:.1} vs {b:.1} µs)", a / b)
+}
+
+/// The throughput and CPU goals (HTTP/1.1) set against Envoy, nginx and HAProxy, for
+/// `subject`: Tern for the goals, the relay for what the host allows.
+fn peer_goals(subject: &Valid<'_>, s: &[Summary], rates: &[f64]) -> Vec<PeerGoal> {
     let valid = |target| Valid {
         s: find(s, target, Protocol::Http1),
         rates,
     };
-    let (relay, envoy, nginx, haproxy) = (valid(Relay), valid(Envoy), valid(Nginx), valid(Haproxy));
-    let r0 = rates
-        .first()
-        .map_or_else(|| "?".to_owned(), |&r| rate_label(r));
+    let (envoy, nginx, haproxy) = (
+        valid(TargetName::Envoy),
+        valid(TargetName::Nginx),
+        valid(TargetName::Haproxy),
+    );
     let best_peer = [nginx.throughput(), haproxy.throughput()]
         .into_iter()
         .flatten()
         .reduce(f64::max);
-    let mut out = Vec::new();
-    let mut check =
-        |goal: String, measured: Option<(f64, f64)>, ok: fn(f64, f64) -> bool, unit: &str| {
-            if let Some((r, p)) = measured {
-                let decimals = usize::from(!unit.is_empty());
-                out.push(FloorCheck {
-                    goal,
-                    relay: format!("{:.2}× ({r:.decimals$} vs {p:.decimals$}{unit})", r / p),
-                    reachable: ok(r, p),
-                });
-            }
-        };
-    check(
-        "throughput ≥ 4× Envoy's".into(),
-        relay.throughput().zip(envoy.throughput()),
-        |r, e| r >= 4.0 * e,
-        "",
-    );
-    check(
-        "throughput ≥ 1.0× the better of nginx / HAProxy".into(),
-        relay.throughput().zip(best_peer),
-        |r, p| r >= p,
-        "",
-    );
-    check(
-        "CPU/request at full load ≤ 0.25× Envoy's".into(),
-        relay.cpu_max().zip(envoy.cpu_max()),
-        |r, e| r <= 0.25 * e,
-        " µs",
-    );
-    check(
-        format!("CPU/request at {r0} req/s ≤ 0.25× Envoy's"),
-        relay.cpu_at0().zip(envoy.cpu_at0()),
-        |r, e| r <= 0.25 * e,
-        " µs",
-    );
-    check(
-        "CPU/request at full load ≤ nginx's".into(),
-        relay.cpu_max().zip(nginx.cpu_max()),
-        |r, n| r <= n,
-        " µs",
-    );
-    check(
-        format!("CPU/request at {r0} req/s ≤ nginx's"),
-        relay.cpu_at0().zip(nginx.cpu_at0()),
-        |r, n| r <= n,
-        " µs",
-    );
-    out
+    let r0 = rates
+        .first()
+        .map_or_else(|| "?".to_owned(), |&r| rate_label(r));
+    let goal = |goal: String, measured, ok, fmt| PeerGoal {
+        goal,
+        measured,
+        ok,
+        fmt,
+    };
+    vec![
+        goal(
+            "throughput ≥ 4× Envoy's".into(),
+            subject.throughput().zip(envoy.throughput()),
+            |t, e| t >= 4.0 * e,
+            ratio,
+        ),
+        goal(
+            "throughput ≥ 1.0× the better of nginx / HAProxy".into(),
+            subject.throughput().zip(best_peer),
+            |t, p| t >= p,
+            ratio,
+        ),
+        goal(
+            "CPU/request at full load ≤ 0.25× Envoy's".into(),
+            subject.cpu_max().zip(envoy.cpu_max()),
+            |t, e| t <= 0.25 * e,
+            cpu_ratio,
+        ),
+        goal(
+            format!("CPU/request at {r0} req/s ≤ 0.25× Envoy's"),
+            subject.cpu_at0().zip(envoy.cpu_at0()),
+            |t, e| t <= 0.25 * e,
+            cpu_ratio,
+        ),
+        goal(
+            "CPU/request at full load ≤ nginx's".into(),
+            subject.cpu_max().zip(nginx.cpu_max()),
+            |t, n| t <= n,
+            cpu_ratio,
+        ),
+        goal(
+            format!("CPU/request at {r0} req/s ≤ nginx's"),
+            subject.cpu_at0().zip(nginx.cpu_at0()),
+            |t, n| t <= n,
+            cpu_ratio,
+        ),
+    ]
+}
+
+/// The goals set against a peer, with the relay in Tern's place.
+fn floor(outcome: &Outcome, s: &[Summary]) -> Vec<FloorCheck> {
+    let rates = outcome.settings.rates.as_slice();
+    let relay = Valid {
+        s: find(s, TargetName::Relay, Protocol::Http1),
+        rates,
+    };
+    peer_goals(&relay, s, rates)
+        .into_iter()
+        .filter_map(|g| {
+            let (r, p) = g.measured?;
+            Some(FloorCheck {
+                goal: g.goal,
+                relay: (g.fmt)(r, p),
+                reachable: (g.ok)(r, p),
+            })
+        })
+        .collect()
 }
 
 /// Marks a cell whose phase had failures.

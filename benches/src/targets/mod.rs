@@ -283,6 +283,7 @@ fn installed(bin: &Option<PathBuf>, what: &str, install: &str) -> Result<PathBuf
 
 pub use haproxy::config as haproxy_config;
 pub use nginx::{args as nginx_args, config as nginx_config};
+pub use relay::args as relay_args;
 pub use tern::{
     Layers as TernLayers, Sampling as TernSampling, config as tern_config,
     log_path as tern_log_path, protocols as tern_protocols,
