@@ -38,6 +38,8 @@ pub struct Settings {
     pub peers: bool,
     /// Only these cases, when not empty.
     pub cases: Vec<TargetName>,
+    /// Also simulate the caches (`--cache-sim=yes`) and report L1 misses per request.
+    pub cache_sim: bool,
 }
 
 /// One process's count in one case.
@@ -51,6 +53,18 @@ pub struct Measurement {
     pub ir_baseline: u64,
     pub requests: u64,
     pub ir_per_request: f64,
+    /// With `--cache-sim`: simulated L1 instruction-cache misses per request.
+    pub i1_misses_per_request: Option<f64>,
+    /// With `--cache-sim`: simulated L1 data-cache read misses per request.
+    pub d1_read_misses_per_request: Option<f64>,
+}
+
+/// A process's totals: instructions, and the simulated L1 misses when the caches were.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Totals {
+    ir: u64,
+    i1_misses: Option<u64>,
+    d1_read_misses: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,7 +106,7 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
     let mut skipped = Vec::new();
     for case in cases {
         eprintln!("callgrind: {case} ...");
-        let counts = |n: u64, label: &str| -> Result<Vec<(String, u64)>> {
+        let counts = |n: u64, label: &str| -> Result<Vec<(String, Totals)>> {
             let dir = scratch.join(format!("{case}-{label}"));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             one_run(case, n, settings, programs, &valgrind, &backend_bin, &dir)
@@ -103,15 +117,20 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
         });
         match result {
             Ok((base, loaded)) => {
-                for ((process, ir_baseline), (_, ir_loaded)) in base.into_iter().zip(loaded) {
+                let n = settings.requests as f64;
+                let per_request = |loaded: Option<u64>, base: Option<u64>| {
+                    Some((loaded? as f64 - base? as f64) / n)
+                };
+                for ((process, b), (_, l)) in base.into_iter().zip(loaded) {
                     measurements.push(Measurement {
                         case,
                         process,
-                        ir_loaded,
-                        ir_baseline,
+                        ir_loaded: l.ir,
+                        ir_baseline: b.ir,
                         requests: settings.requests,
-                        ir_per_request: (ir_loaded as f64 - ir_baseline as f64)
-                            / settings.requests as f64,
+                        ir_per_request: (l.ir as f64 - b.ir as f64) / n,
+                        i1_misses_per_request: per_request(l.i1_misses, b.i1_misses),
+                        d1_read_misses_per_request: per_request(l.d1_read_misses, b.d1_read_misses),
                     });
                 }
             }
@@ -139,7 +158,7 @@ fn one_run(
     valgrind: &Path,
     backend_bin: &Path,
     dir: &Path,
-) -> Result<Vec<(String, u64)>> {
+) -> Result<Vec<(String, Totals)>> {
     let timeout = Duration::from_secs(120);
     let (mut backend, backend_addr) = start_backend(
         backend_bin,
@@ -184,18 +203,21 @@ fn one_run(
     let mut counts = Vec::new();
     for hop in &mut hops {
         hop.proc.stop(timeout)?;
-        counts.push((hop.proc.name.clone(), total_ir(&hop.out)?));
+        counts.push((hop.proc.name.clone(), totals(&hop.out)?));
     }
     let _ = backend.stop(Duration::from_secs(5));
     Ok(counts)
 }
 
-fn callgrind_args(out: &Path, bin: &Path, args: &[String]) -> Vec<String> {
+fn callgrind_args(settings: &Settings, out: &Path, bin: &Path, args: &[String]) -> Vec<String> {
     let mut v = vec![
         "--tool=callgrind".to_owned(),
         format!("--callgrind-out-file={}", out.display()),
-        bin.display().to_string(),
     ];
+    if settings.cache_sim {
+        v.push("--cache-sim=yes".to_owned());
+    }
+    v.push(bin.display().to_string());
     v.extend_from_slice(args);
     v
 }
@@ -271,6 +293,7 @@ fn start_hops(
                 std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
                 let out = dir.join(format!("callgrind.{name}.out"));
                 let args = callgrind_args(
+                    settings,
                     &out,
                     &programs.tern,
                     &[
@@ -311,7 +334,7 @@ fn start_hops(
             );
             std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
             let out = dir.join("callgrind.nginx.out");
-            let args = callgrind_args(&out, &bin, &crate::targets::nginx_args(dir, &cfg));
+            let args = callgrind_args(settings, &out, &bin, &crate::targets::nginx_args(dir, &cfg));
             let mut proc = Proc::spawn(
                 "nginx",
                 None,
@@ -344,6 +367,7 @@ fn start_hops(
             std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
             let out = dir.join("callgrind.haproxy.out");
             let args = callgrind_args(
+                settings,
                 &out,
                 &bin,
                 &["-db".to_owned(), "-f".to_owned(), cfg.display().to_string()],
@@ -366,6 +390,7 @@ fn start_hops(
             let listen = free_addr()?;
             let out = dir.join("callgrind.relay.out");
             let args = callgrind_args(
+                settings,
                 &out,
                 &bin,
                 &crate::targets::relay_args(listen, backend, settings.workers),
@@ -387,21 +412,32 @@ fn start_hops(
     }
 }
 
-/// The total Ir in a callgrind output file (`totals:` or `summary:` line).
-fn total_ir(path: &Path) -> Result<u64> {
+/// The totals in a callgrind output file (`totals:` or `summary:` line, named by `events:`).
+fn totals(path: &Path) -> Result<Totals> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading {} (did the process exit cleanly?)", path.display()))?;
-    parse_total(&text).with_context(|| format!("no totals in {}", path.display()))
+    parse_totals(&text).with_context(|| format!("no totals in {}", path.display()))
 }
 
-fn parse_total(text: &str) -> Option<u64> {
-    let find = |key: &str| {
-        text.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+fn parse_totals(text: &str) -> Option<Totals> {
+    let find = |key: &str| text.lines().rev().find_map(|l| l.strip_prefix(key));
+    let events: Vec<&str> = find("events:")?.split_whitespace().collect();
+    let values: Vec<u64> = find("totals:")
+        .or_else(|| find("summary:"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // A count callgrind leaves off at the end of a line is zero.
+    let event = |name: &str| {
+        let i = events.iter().position(|e| *e == name)?;
+        Some(values.get(i).copied().unwrap_or(0))
     };
-    find("totals:").or_else(|| find("summary:"))
+    Some(Totals {
+        ir: event("Ir")?,
+        i1_misses: event("I1mr"),
+        d1_read_misses: event("D1mr"),
+    })
 }
 
 fn thousands(n: f64) -> String {
@@ -421,7 +457,7 @@ pub fn markdown(o: &Outcome) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Tern benchmark: instructions per request (callgrind)\n\n{} requests after {} warm-up, {}, GET, {} B responses, {} worker(s). Ir/request = (Ir with the requests − Ir without) ÷ {}; user-space instructions of the proxy process, libraries included.\n",
+        "# Tern benchmark: instructions per request (callgrind)\n\n{} requests after {} warm-up, {}, GET, {} B responses, {} worker(s). Ir/request = (Ir with the requests − Ir without) ÷ {}; user-space instructions of the proxy process, libraries included.{}\n",
         s.requests,
         s.warmup_requests,
         match s.protocol {
@@ -433,14 +469,27 @@ pub fn markdown(o: &Outcome) -> String {
         },
         s.response_size,
         s.workers,
-        s.requests
+        s.requests,
+        if s.cache_sim {
+            " Misses are valgrind's simulated first-level caches (`--cache-sim=yes`: 32 KiB, 8-way, 64 B lines unless the host says otherwise), per request the same way: they tell how densely the hot path sits in the instruction cache, which decides its cost when it runs cold (at low rates)."
+        } else {
+            ""
+        }
     );
+    let sim = s.cache_sim;
     let _ = writeln!(
         md,
-        "| case | process | Ir with requests | Ir without | Ir/request |\n|---|---|--:|--:|--:|"
+        "| case | process | Ir with requests | Ir without | Ir/request |{}\n|---|---|--:|--:|--:|{}",
+        if sim {
+            " I1 misses/request | D1 read misses/request |"
+        } else {
+            ""
+        },
+        if sim { "--:|--:|" } else { "" }
     );
+    let misses = |x: Option<f64>| x.map_or_else(|| "–".to_owned(), thousands);
     for (i, m) in o.measurements.iter().enumerate() {
-        let _ = writeln!(
+        let _ = write!(
             md,
             "| {} | {} | {} | {} | {} |",
             m.case,
@@ -449,19 +498,39 @@ pub fn markdown(o: &Outcome) -> String {
             thousands(m.ir_baseline as f64),
             thousands(m.ir_per_request)
         );
+        if sim {
+            let _ = write!(
+                md,
+                " {} | {} |",
+                misses(m.i1_misses_per_request),
+                misses(m.d1_read_misses_per_request)
+            );
+        }
+        md.push('\n');
         // After a case with several processes, their sum.
         let last_of_case = o.measurements.get(i + 1).is_none_or(|n| n.case != m.case);
         let of_case: Vec<&Measurement> =
             o.measurements.iter().filter(|x| x.case == m.case).collect();
         if last_of_case && of_case.len() > 1 {
-            let sum: f64 = of_case.iter().map(|x| x.ir_per_request).sum();
-            let _ = writeln!(
+            let sum = |f: fn(&Measurement) -> Option<f64>| -> Option<f64> {
+                of_case.iter().map(|x| f(x)).sum()
+            };
+            let _ = write!(
                 md,
                 "| {} | all {} proxies | | | {} |",
                 m.case,
                 of_case.len(),
-                thousands(sum)
+                thousands(sum(|x| Some(x.ir_per_request)).unwrap_or(0.0))
             );
+            if sim {
+                let _ = write!(
+                    md,
+                    " {} | {} |",
+                    misses(sum(|x| x.i1_misses_per_request)),
+                    misses(sum(|x| x.d1_read_misses_per_request))
+                );
+            }
+            md.push('\n');
         }
     }
     md.push('\n');
@@ -482,9 +551,32 @@ mod tests {
     #[test]
     fn parses_totals() {
         let text = "version: 1\nevents: Ir\nfl=x\n0 5\ntotals: 123456\n";
-        assert_eq!(parse_total(text), Some(123_456));
-        assert_eq!(parse_total("summary: 42\n"), Some(42));
-        assert_eq!(parse_total("nothing"), None);
+        let plain = Totals {
+            ir: 123_456,
+            i1_misses: None,
+            d1_read_misses: None,
+        };
+        assert_eq!(parse_totals(text), Some(plain));
+        assert_eq!(
+            parse_totals("events: Ir\nsummary: 42\n").map(|t| t.ir),
+            Some(42)
+        );
+        assert_eq!(parse_totals("totals: 42\n"), None, "no events line");
+        assert_eq!(parse_totals("nothing"), None);
+    }
+
+    #[test]
+    fn parses_cache_simulation_totals() {
+        let text =
+            "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\nfl=x\ntotals: 1000 400 300 25 7 3\n";
+        assert_eq!(
+            parse_totals(text),
+            Some(Totals {
+                ir: 1000,
+                i1_misses: Some(25),
+                d1_read_misses: Some(7),
+            })
+        );
     }
 
     #[test]

@@ -145,6 +145,10 @@ struct InstructionsArgs {
     /// Only these cases (default: the relay and every Tern case, plus the peers with `--peers`).
     #[arg(long, value_enum, value_delimiter = ',')]
     cases: Vec<TargetName>,
+    /// Also simulate the caches and report L1 instruction and data misses per request
+    /// (slower: about 3× the plain count).
+    #[arg(long)]
+    cache_sim: bool,
     #[arg(long)]
     keep: bool,
     #[command(flatten)]
@@ -435,6 +439,7 @@ fn instructions(a: InstructionsArgs) -> Result<()> {
         workers: a.workers.max(1),
         peers: a.peers,
         cases: a.cases,
+        cache_sim: a.cache_sim,
     };
     let scratch = scratch_dir(a.keep)?;
     let outcome = callgrind::run(&settings, &programs, scratch.0.path())?;
