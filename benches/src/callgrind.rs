@@ -102,6 +102,7 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
     if !settings.cases.is_empty() {
         cases = settings.cases.clone();
     }
+    let cases = TargetName::with_base(cases, programs.tern_base.is_some());
     let mut measurements = Vec::new();
     let mut skipped = Vec::new();
     for case in cases {
@@ -259,6 +260,7 @@ fn start_hops(
     let mut hops: Vec<Hop> = Vec::new();
     match case {
         TargetName::Tern
+        | TargetName::TernBase
         | TargetName::TernMesh
         | TargetName::TernResilient
         | TargetName::TernTraced
@@ -292,10 +294,17 @@ fn start_hops(
                 );
                 std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
                 let out = dir.join(format!("callgrind.{name}.out"));
+                let bin = match case {
+                    TargetName::TernBase => programs
+                        .tern_base
+                        .as_ref()
+                        .context("tern-base runs the build --base-bin names, and none was given")?,
+                    _ => &programs.tern,
+                };
                 let args = callgrind_args(
                     settings,
                     &out,
-                    &programs.tern,
+                    bin,
                     &[
                         "run".to_owned(),
                         "--config".to_owned(),

@@ -61,6 +61,10 @@ struct TernBin {
     /// Do not run `cargo build --release -p tern-proxy` first.
     #[arg(long)]
     no_build: bool,
+    /// Another tern-proxy build (the one before a change) measured beside this one as target
+    /// `tern-base`, set up as `tern` and run right after it in every round: an A/B in one run.
+    #[arg(long)]
+    base_bin: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -214,6 +218,7 @@ struct RelayArgs {
 fn compare_targets(
     targets: Option<Vec<TargetName>>,
     h2: Option<Vec<TargetName>>,
+    base: bool,
 ) -> Result<(Vec<TargetName>, Vec<TargetName>)> {
     let h2 = match (&targets, h2) {
         (_, Some(h2)) => h2,
@@ -223,7 +228,8 @@ fn compare_targets(
             .filter(|t| !t.is_tern_variant())
             .collect(),
     };
-    let targets = targets.unwrap_or_else(|| TargetName::ALL.to_vec());
+    let targets = TargetName::with_base(targets.unwrap_or_else(|| TargetName::ALL.to_vec()), base);
+    let h2 = TargetName::with_base(h2, base);
     if let Some(stray) = h2.iter().find(|t| !targets.contains(t)) {
         bail!("--h2-targets: {stray} is not one of the --targets");
     }
@@ -260,6 +266,14 @@ fn workspace() -> &'static Path {
 
 /// The tern-proxy binary to measure, built first unless told otherwise (so a benchmark never
 /// measures a stale build by accident).
+/// The base build of an A/B, when one is given.
+fn base_binary(t: &TernBin) -> Result<Option<PathBuf>> {
+    match &t.base_bin {
+        Some(bin) if !bin.is_file() => bail!("--base-bin {}: no such file", bin.display()),
+        other => Ok(other.clone()),
+    }
+}
+
 fn tern_binary(t: &TernBin) -> Result<PathBuf> {
     if let Some(bin) = &t.tern_bin {
         if !bin.is_file() {
@@ -372,8 +386,10 @@ fn compare(a: CompareArgs) -> Result<()> {
         install_peers(&programs)?;
         programs = Programs::find(tern);
     }
+    programs.tern_base = base_binary(&a.tern)?;
     let machine = measure::MachineInfo::read(workspace());
-    let (targets, h2_targets) = compare_targets(a.targets, a.h2_targets)?;
+    let (targets, h2_targets) =
+        compare_targets(a.targets, a.h2_targets, programs.tern_base.is_some())?;
     let settings = compare::Settings {
         rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }).max(1),
         targets,
@@ -428,7 +444,8 @@ fn compare(a: CompareArgs) -> Result<()> {
 }
 
 fn instructions(a: InstructionsArgs) -> Result<()> {
-    let programs = Programs::find(tern_binary(&a.tern)?);
+    let mut programs = Programs::find(tern_binary(&a.tern)?);
+    programs.tern_base = base_binary(&a.tern)?;
     let settings = callgrind::Settings {
         requests: a.requests,
         warmup_requests: a.warmup_requests,
@@ -539,7 +556,7 @@ mod tests {
 
     #[test]
     fn h2_runs_leave_out_the_tern_variants_by_default() -> Result<()> {
-        let (all, h2) = compare_targets(None, None)?;
+        let (all, h2) = compare_targets(None, None, false)?;
         assert_eq!(all, TargetName::ALL);
         assert_eq!(
             h2,
@@ -556,15 +573,49 @@ mod tests {
         // Targets given: both protocols run them, unless told otherwise.
         let given = vec![TargetName::TernTraced, TargetName::Nginx];
         assert_eq!(
-            compare_targets(Some(given.clone()), None)?,
+            compare_targets(Some(given.clone()), None, false)?,
             (given.clone(), given.clone())
         );
         assert_eq!(
-            compare_targets(Some(given.clone()), Some(vec![TargetName::Nginx]))?,
+            compare_targets(Some(given.clone()), Some(vec![TargetName::Nginx]), false)?,
             (given, vec![TargetName::Nginx])
         );
-        let stray = compare_targets(Some(vec![TargetName::Tern]), Some(vec![TargetName::Envoy]));
+        let stray = compare_targets(
+            Some(vec![TargetName::Tern]),
+            Some(vec![TargetName::Envoy]),
+            false,
+        );
         assert!(stray.is_err_and(|e| e.to_string().contains("envoy is not one of the --targets")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_base_build_runs_right_after_tern() -> Result<()> {
+        let (all, h2) = compare_targets(None, None, true)?;
+        assert_eq!(
+            &all[..4],
+            [
+                TargetName::Direct,
+                TargetName::Relay,
+                TargetName::Tern,
+                TargetName::TernBase
+            ]
+        );
+        assert_eq!(all.len(), TargetName::ALL.len() + 1);
+        assert_eq!(h2.iter().filter(|t| **t == TargetName::TernBase).count(), 1);
+        let given = vec![TargetName::Nginx, TargetName::Tern];
+        let (all, h2) = compare_targets(Some(given), None, true)?;
+        let ab = vec![TargetName::Nginx, TargetName::Tern, TargetName::TernBase];
+        assert_eq!((all, h2), (ab.clone(), ab));
+        // Given explicitly, it stays where it was put; without Tern, nothing is added.
+        let (all, _) = compare_targets(
+            Some(vec![TargetName::TernBase, TargetName::Tern]),
+            None,
+            true,
+        )?;
+        assert_eq!(all, [TargetName::TernBase, TargetName::Tern]);
+        let (all, _) = compare_targets(Some(vec![TargetName::Nginx]), None, true)?;
+        assert_eq!(all, [TargetName::Nginx]);
         Ok(())
     }
 }

@@ -726,13 +726,21 @@ pub fn markdown(r: &Report) -> String {
             md.push('\n');
         }
 
-        // Tern against each peer.
+        // Tern against each peer, and against the base build of an A/B.
         if let Some(t) = find(&r.summaries, TargetName::Tern, protocol) {
-            let peers: Vec<&&Summary> = rows.iter().filter(|s| s.target.is_peer()).collect();
+            let peers: Vec<&&Summary> = rows
+                .iter()
+                .filter(|s| s.target.is_peer() || s.target == TargetName::TernBase)
+                .collect();
             if !peers.is_empty() {
                 let _ = writeln!(
                     md,
-                    "Tern vs each peer (ratios: Tern ÷ peer; latency: Tern's added − the peer's added, µs):\n"
+                    "Tern vs each peer{} (ratios: Tern ÷ peer; latency: Tern's added − the peer's added, µs):\n",
+                    if peers.iter().any(|p| p.target == TargetName::TernBase) {
+                        ", and vs `tern-base` (the other build of an A/B)"
+                    } else {
+                        ""
+                    }
                 );
                 let _ = writeln!(
                     md,
@@ -1142,6 +1150,28 @@ mod tests {
         );
         let md = markdown(&r);
         assert!(md.contains("| tern-sampled-1pct |"), "{md}");
+    }
+
+    #[test]
+    fn an_ab_compares_tern_with_its_base_build() {
+        let mut o = outcome(vec![
+            run(TargetName::Tern, vec![(None, load(44_000, 0, 0, 600.0))]),
+            run(
+                TargetName::TernBase,
+                vec![(None, load(40_000, 0, 0, 600.0))],
+            ),
+        ]);
+        o.settings.targets = vec![TargetName::Tern, TargetName::TernBase];
+        let md = markdown(&build(machine(), o));
+        assert!(
+            md.contains("and vs `tern-base` (the other build of an A/B)"),
+            "{md}"
+        );
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| tern-base | 1.10× |"))
+            .unwrap_or_else(|| panic!("no A/B row in:\n{md}"));
+        assert!(row.contains("| 1.00× |"), "{row}");
     }
 
     #[test]

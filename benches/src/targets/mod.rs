@@ -35,6 +35,9 @@ pub enum TargetName {
     Relay,
     /// One Tern proxy (`protocol: http1` listener for HTTP/1.1, `http2` for h2c).
     Tern,
+    /// One Tern proxy set up as `tern`, run from the binary `--base-bin` names: another build
+    /// (the one before a change) in the same interleaved run, an A/B. Only with `--base-bin`.
+    TernBase,
     /// One Tern proxy with a `protocol: auto` listener (per-connection detection).
     TernAuto,
     /// Two Tern proxies in a row: client sidecar, then server sidecar.
@@ -81,6 +84,7 @@ impl TargetName {
             TargetName::Direct => "direct",
             TargetName::Relay => "relay",
             TargetName::Tern => "tern",
+            TargetName::TernBase => "tern-base",
             TargetName::TernAuto => "tern-auto",
             TargetName::TernMesh => "tern-mesh",
             TargetName::TernResilient => "tern-resilient",
@@ -106,6 +110,18 @@ impl TargetName {
         )
     }
 
+    /// With a base build (`--base-bin`), `list` with `tern-base` right after `tern` when it
+    /// has `tern` and not `tern-base` yet: the A/B interleaved as closely as rounds allow.
+    pub fn with_base(mut list: Vec<TargetName>, base: bool) -> Vec<TargetName> {
+        if base
+            && !list.contains(&TargetName::TernBase)
+            && let Some(i) = list.iter().position(|t| *t == TargetName::Tern)
+        {
+            list.insert(i + 1, TargetName::TernBase);
+        }
+        list
+    }
+
     /// A proxy that is not Tern.
     pub fn is_peer(self) -> bool {
         matches!(
@@ -125,6 +141,8 @@ impl std::fmt::Display for TargetName {
 #[derive(Debug, Clone)]
 pub struct Programs {
     pub tern: PathBuf,
+    /// The other build of an A/B (`--base-bin`).
+    pub tern_base: Option<PathBuf>,
     pub envoy: Option<PathBuf>,
     pub nginx: Option<PathBuf>,
     pub haproxy: Option<PathBuf>,
@@ -137,6 +155,7 @@ impl Programs {
     pub fn find(tern: PathBuf) -> Programs {
         Programs {
             tern,
+            tern_base: None,
             envoy: envoy::find(),
             nginx: process::find_program("nginx"),
             haproxy: process::find_program("haproxy"),
@@ -219,6 +238,10 @@ pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
         TargetName::Direct => Box::new(direct::Direct),
         TargetName::Relay => Box::new(relay::Relay),
         TargetName::Tern => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::One)),
+        TargetName::TernBase => Box::new(tern::Tern::new(
+            programs.tern_base.clone().unwrap_or_default(),
+            tern::Shape::Base,
+        )),
         TargetName::TernAuto => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Auto)),
         TargetName::TernMesh => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Mesh)),
         TargetName::TernResilient => Box::new(tern::Tern::new(

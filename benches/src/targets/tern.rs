@@ -16,6 +16,8 @@ use crate::loadgen::{Endpoint, Protocol};
 pub enum Shape {
     /// One proxy, listener protocol fixed (`http1` or `http2`).
     One,
+    /// `One`, from the other build of an A/B.
+    Base,
     /// One proxy, listener `auto` (detects the protocol per connection).
     Auto,
     /// Client sidecar → server sidecar → backend, both with fixed listener protocols.
@@ -226,6 +228,7 @@ impl Target for Tern {
     fn name(&self) -> TargetName {
         match self.shape {
             Shape::One => TargetName::Tern,
+            Shape::Base => TargetName::TernBase,
             Shape::Auto => TargetName::TernAuto,
             Shape::Mesh => TargetName::TernMesh,
             Shape::Resilient => TargetName::TernResilient,
@@ -234,6 +237,9 @@ impl Target for Tern {
     }
 
     fn check_installed(&self) -> Result<()> {
+        if matches!(self.shape, Shape::Base) && self.bin.as_os_str().is_empty() {
+            bail!("tern-base runs the build --base-bin names, and none was given");
+        }
         if self.bin.is_file() {
             Ok(())
         } else {
