@@ -16,6 +16,7 @@
 //! is known, chunked otherwise; a response is framed by its request's method and its status,
 //! then `Transfer-Encoding`, then `Content-Length`, else it runs to the connection's end.
 
+use std::hint::cold_path;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -212,10 +213,13 @@ pub async fn send(
     };
     match result {
         Ok(parsed) => Ok(finish(conn, parsed, returner)),
-        Err((error, retry)) => Err(SendError {
-            error,
-            retry: retry.then_some(req),
-        }),
+        Err((error, retry)) => {
+            cold_path();
+            Err(SendError {
+                error,
+                retry: retry.then_some(req),
+            })
+        }
     }
 }
 
@@ -359,10 +363,14 @@ async fn read_head_from<R: tokio::io::AsyncRead + Unpin>(
             match parse_head(buf, fields, method, upgrade) {
                 Ok(Some(p)) => return Ok(p),
                 Ok(None) if buf.len() >= MAX_HEAD_BYTES => {
+                    cold_path();
                     return Err((ClientError::Invalid("response head too large"), false));
                 }
                 Ok(None) => {}
-                Err(e) => return Err((e, false)),
+                Err(e) => {
+                    cold_path();
+                    return Err((e, false));
+                }
             }
         }
         buf.reserve(READ_CHUNK);
@@ -371,6 +379,7 @@ async fn read_head_from<R: tokio::io::AsyncRead + Unpin>(
                 .await
                 .map_err(|e| (ClientError::Io(e), !read_any))?;
         if n == 0 {
+            cold_path();
             return Err((ClientError::Closed, !read_any));
         }
         read_any = true;
@@ -392,14 +401,19 @@ fn parse_head(
             .parse_response_with_uninit_headers(&mut res, buf, &mut slots);
         let len = match status {
             Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+                cold_path();
                 return Err(ClientError::Invalid("response head too large"));
             }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
+                cold_path();
                 return Err(ClientError::Invalid("too many response headers"));
             }
-            Err(_) => return Err(ClientError::Invalid("malformed response head")),
+            Err(_) => {
+                cold_path();
+                return Err(ClientError::Invalid("malformed response head"));
+            }
         };
         let code = res.code.unwrap_or(0);
         let version = match res.version {
@@ -410,6 +424,7 @@ fn parse_head(
         let status =
             StatusCode::from_u16(code).map_err(|_| ClientError::Invalid("invalid status code"))?;
         if status.is_informational() && !(status == StatusCode::SWITCHING_PROTOCOLS && upgrade) {
+            cold_path();
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(ClientError::Invalid("101 to a request that was no upgrade"));
             }

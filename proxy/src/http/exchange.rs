@@ -9,6 +9,7 @@
 //! detection), two clock reads. A route with retries also deposits in the budget (one atomic)
 //! and keeps a copy of the request head for a replay.
 
+use std::hint::cold_path;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -217,7 +218,10 @@ pub async fn exchange(
             (Some(r), _) => r,
             (None, Some(replay)) => replay.request(),
             // Unreachable: without a replay the first result is returned below.
-            (None, None) => return Err(ProxyError::UpstreamReset),
+            (None, None) => {
+                cold_path();
+                return Err(ProxyError::UpstreamReset);
+            }
         };
         let result = one_try(
             backend,

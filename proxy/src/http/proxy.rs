@@ -2,6 +2,7 @@
 //! back. Every failure becomes a response here; nothing reaches hyper as an error.
 
 use std::convert::Infallible;
+use std::hint::cold_path;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,7 @@ pub(crate) async fn answer(
     let (mut resp, metrics) = match forward(req, &snap, &ctx, start, grpc, &mut info).await {
         Ok(ok) => ok,
         Err((e, m)) => {
+            cold_path();
             info.error = Some(e);
             (Box::new(e.into_response(grpc)), m)
         }
@@ -167,6 +169,7 @@ async fn forward<'s>(
     info: &mut ExchangeInfo,
 ) -> Answer<'s> {
     if req.method() == http::Method::CONNECT {
+        cold_path();
         return Err((
             ProxyError::BadRequest("CONNECT tunnels are not supported\n"),
             &snap.no_route,
@@ -179,6 +182,7 @@ async fn forward<'s>(
         match check_limit(limit, &req, ctx.client) {
             Ok(d) => admitted = Some((limit, d)),
             Err(d) => {
+                cold_path();
                 info.error = Some(ProxyError::RateLimited);
                 return Ok((limited(limit, d, grpc), &snap.no_route));
             }
@@ -186,11 +190,15 @@ async fn forward<'s>(
     }
     let host = match authority(&req) {
         Ok(h) => h,
-        Err(e) => return Err((e, &snap.no_route)),
+        Err(e) => {
+            cold_path();
+            return Err((e, &snap.no_route));
+        }
     };
     let raw_path = req.uri().path();
     let path = normalize_path(raw_path);
     let Some(router) = snap.router() else {
+        cold_path();
         return Err((ProxyError::NoRoute, &snap.no_route));
     };
     let found = router.find(&RequestParts {
@@ -201,14 +209,17 @@ async fn forward<'s>(
         headers: req.headers(),
     });
     let Some(found) = found else {
+        cold_path();
         return Err((ProxyError::NoRoute, &snap.no_route));
     };
     let Some(route) = snap.routes.get(found.route) else {
+        cold_path();
         return Err((ProxyError::NoRoute, &snap.no_route));
     };
     info.route = Some(Arc::clone(&route.label));
 
     if let Some(redirect) = &route.redirect {
+        cold_path();
         let resp = redirect_response(redirect, host, &path, found.prefix_len, req.uri().query());
         return Ok((Box::new(resp), &route.local));
     }
@@ -216,12 +227,14 @@ async fn forward<'s>(
         match check_limit(limit, &req, ctx.client) {
             Ok(d) => admitted = Some((limit, d)),
             Err(d) => {
+                cold_path();
                 info.error = Some(ProxyError::RateLimited);
                 return Ok((limited(limit, d, grpc), &route.local));
             }
         }
     }
     if let Some(fault) = &route.fault {
+        cold_path();
         if let Some((ppm, status)) = fault.abort
             && roll(ppm)
         {
@@ -238,16 +251,21 @@ async fn forward<'s>(
     }
 
     let Some(target) = route.split.pick() else {
+        cold_path();
         return Err((ProxyError::NoEndpoints, &route.local));
     };
     let m = &target.metrics;
     let Some(backend) = snap.backends.get(target.backend) else {
+        cold_path();
         return Err((ProxyError::NoEndpoints, m));
     };
     info.backend = Some(Arc::clone(&backend.label));
     let permit = match exchange::request_permit(backend) {
         Ok(p) => p,
-        Err(e) => return Err((e, m)),
+        Err(e) => {
+            cold_path();
+            return Err((e, m));
+        }
     };
 
     // Rewrite the target: normalized path (what we routed on is what the upstream sees),
@@ -265,7 +283,10 @@ async fn forward<'s>(
     });
     let uri = match upstream_uri(req.uri(), changed_path, proto, host_value.as_ref()) {
         Ok(u) => u,
-        Err(e) => return Err((e, m)),
+        Err(e) => {
+            cold_path();
+            return Err((e, m));
+        }
     };
     *req.uri_mut() = uri;
 
@@ -360,7 +381,10 @@ async fn forward<'s>(
     };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => return Err((e, m)),
+        Err(e) => {
+            cold_path();
+            return Err((e, m));
+        }
     };
     resp.body_mut()
         .guard(Some(permit), BodyTimers::new(deadline, route.idle_timeout));
@@ -425,13 +449,17 @@ pub(super) async fn send(
                     retry: Some(req),
                     error,
                 }) => {
+                    cold_path();
                     tracing::debug!(%error, "pooled upstream connection was closed; sending on a new one");
                     let fresh = Box::pin(pool::connect_fresh_h1(backend, ep)).await?;
                     Box::pin(client::send(fresh, req, upgrade, returner))
                         .await
                         .map_err(|e| upstream_failed(&e.error))?
                 }
-                Err(e) => return Err(upstream_failed(&e.error)),
+                Err(e) => {
+                    cold_path();
+                    return Err(upstream_failed(&e.error));
+                }
             };
             Ok(Box::new(
                 resp.map(|b| ResponseBody::upstream(UpstreamBody::Left(b))),
@@ -442,6 +470,7 @@ pub(super) async fn send(
             let resp = match h2client::send(&conn, req, upgrade).await {
                 Ok(r) => r,
                 Err(SendError::NotSent(req)) => {
+                    cold_path();
                     // The pool has marked that connection closed: this opens a new one.
                     let fresh = Box::pin(pool::h2(backend, ep)).await?;
                     match Box::pin(h2client::send(&fresh, req, upgrade)).await {

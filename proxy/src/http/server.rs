@@ -110,7 +110,9 @@ pub async fn serve_tcp(
 ) {
     if version == HttpVersion::Http2 {
         let io = Prefixed::new(prefix, stream);
-        return serve_h2(io, settings, listener, client, drain).await;
+        // Boxed (once per connection): its state machine is not polled along with every
+        // HTTP/1.1 request's, which then touches fewer code lines (`instructions --cache-sim`).
+        return Box::pin(serve_h2(io, settings, listener, client, drain)).await;
     }
     let activity = Arc::new(Activity::new());
     let ctx = Arc::new(ConnCtx {

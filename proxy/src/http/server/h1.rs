@@ -20,6 +20,7 @@
 //! mid-way closes the connection, so the client sees it break, never a short body.
 
 use std::future::poll_fn;
+use std::hint::cold_path;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -236,7 +237,10 @@ pub async fn serve(
         let head = match read_head(&mut r, limits).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
-            Err(refusal) => return refuse(r, wr, refusal).await,
+            Err(refusal) => {
+                cold_path();
+                return refuse(r, wr, refusal).await;
+            }
         };
         let Head {
             request: mut req,
@@ -295,6 +299,7 @@ pub async fn serve(
             match event {
                 Event::Answer(resp) => break resp,
                 Event::Continue => {
+                    cold_path();
                     if wr
                         .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                         .await
@@ -304,12 +309,14 @@ pub async fn serve(
                     }
                 }
                 Event::Gone => {
+                    cold_path();
                     tracing::debug!(client = %ctx.client, "client closed the connection before its answer");
                     return;
                 }
             }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            cold_path();
             return upgrade(resp, reader, wr, &mut out, version).await;
         }
         // Draining: this answer is the connection's last, and says so.
@@ -318,6 +325,7 @@ pub async fn serve(
         let complete = match write_response(&mut wr, &mut out, resp.body_mut(), framing).await {
             Ok(complete) => complete,
             Err(e) => {
+                cold_path();
                 tracing::debug!(client = %ctx.client, error = %e, "writing the response failed");
                 return;
             }
@@ -427,12 +435,19 @@ fn parse_head(
         .parse_request_with_uninit_headers(&mut req, buf, slots)
     {
         Ok(httparse::Status::Complete(len)) if len > limits.max_head_bytes => {
+            cold_path();
             return Err(Refusal::TooLarge);
         }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
-        Err(_) => return Err(Refusal::BadRequest("malformed request head")),
+        Err(httparse::Error::TooManyHeaders) => {
+            cold_path();
+            return Err(Refusal::TooLarge);
+        }
+        Err(_) => {
+            cold_path();
+            return Err(Refusal::BadRequest("malformed request head"));
+        }
     };
     let bad = Refusal::BadRequest;
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
