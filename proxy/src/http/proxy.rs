@@ -219,7 +219,6 @@ async fn forward<'s>(
     info.route = Some(Arc::clone(&route.label));
 
     if let Some(redirect) = &route.redirect {
-        cold_path();
         let resp = redirect_response(redirect, host, &path, found.prefix_len, req.uri().query());
         return Ok((Box::new(resp), &route.local));
     }
@@ -234,7 +233,6 @@ async fn forward<'s>(
         }
     }
     if let Some(fault) = &route.fault {
-        cold_path();
         if let Some((ppm, status)) = fault.abort
             && roll(ppm)
         {
