@@ -246,6 +246,41 @@ fn wait_listening(
     })
 }
 
+/// Where a case's processes run: under `valgrind`, their files in `dir`.
+struct Under<'a> {
+    settings: &'a Settings,
+    valgrind: &'a Path,
+    dir: &'a Path,
+}
+
+impl Under<'_> {
+    /// Starts `bin args` under callgrind as `name` (counts to `callgrind.NAME.out`, output to
+    /// `NAME.log`) and waits until it listens on `addrs` and has written `written`, if given.
+    fn hop(
+        &self,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        stop: StopBy,
+        addrs: &[SocketAddr],
+        written: Option<&Path>,
+    ) -> Result<Hop> {
+        let out = self.dir.join(format!("callgrind.{name}.out"));
+        let args = callgrind_args(self.settings, &out, bin, args);
+        let mut proc = Proc::spawn(
+            name,
+            None,
+            self.valgrind,
+            &args,
+            &[("RUST_LOG", "warn")],
+            self.dir.join(format!("{name}.log")),
+            stop,
+        )?;
+        wait_listening(&mut proc, addrs, written, Duration::from_secs(120))?;
+        Ok(Hop { proc, out })
+    }
+}
+
 /// Starts the case's processes (the hop the client talks to first in the list) and returns
 /// them with the front address.
 fn start_hops(
@@ -256,7 +291,11 @@ fn start_hops(
     backend: SocketAddr,
     dir: &Path,
 ) -> Result<(Vec<Hop>, SocketAddr)> {
-    let timeout = Duration::from_secs(120);
+    let under = Under {
+        settings,
+        valgrind,
+        dir,
+    };
     let mut hops: Vec<Hop> = Vec::new();
     match case {
         TargetName::Tern
@@ -293,29 +332,19 @@ fn start_hops(
                     },
                 );
                 std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
-                let out = dir.join(format!("callgrind.{name}.out"));
-                let bin = programs.tern_for(case)?;
-                let args = callgrind_args(
-                    settings,
-                    &out,
-                    bin,
+                let hop = under.hop(
+                    name,
+                    programs.tern_for(case)?,
                     &[
                         "run".to_owned(),
                         "--config".to_owned(),
                         cfg.display().to_string(),
                     ],
-                );
-                let mut proc = Proc::spawn(
-                    name,
-                    None,
-                    valgrind,
-                    &args,
-                    &[("RUST_LOG", "warn")],
-                    dir.join(format!("{name}.log")),
                     StopBy::AdminShutdown(admin),
+                    &[admin, listen],
+                    None,
                 )?;
-                wait_listening(&mut proc, &[admin, listen], None, timeout)?;
-                hops.insert(0, Hop { proc, out });
+                hops.insert(0, hop);
                 next = listen;
             }
             Ok((hops, next))
@@ -336,22 +365,17 @@ fn start_hops(
                 false,
             );
             std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
-            let out = dir.join("callgrind.nginx.out");
-            let args = callgrind_args(settings, &out, &bin, &crate::targets::nginx_args(dir, &cfg));
-            let mut proc = Proc::spawn(
-                "nginx",
-                None,
-                valgrind,
-                &args,
-                &[],
-                dir.join("nginx.log"),
-                StopBy::Signal(Signal::SIGQUIT),
-            )?;
             // nginx binds its sockets before it installs its signal handlers, and a SIGQUIT
             // in between is lost when the harness was started with it ignored (as background
             // jobs of a non-interactive shell are): the pid file comes after the handlers.
-            wait_listening(&mut proc, &[listen], Some(&dir.join("nginx.pid")), timeout)?;
-            hops.push(Hop { proc, out });
+            hops.push(under.hop(
+                "nginx",
+                &bin,
+                &crate::targets::nginx_args(dir, &cfg),
+                StopBy::Signal(Signal::SIGQUIT),
+                &[listen],
+                Some(&dir.join("nginx.pid")),
+            )?);
             Ok((hops, listen))
         }
         TargetName::Haproxy => {
@@ -368,47 +392,27 @@ fn start_hops(
                 settings.workers,
             );
             std::fs::write(&cfg, text).with_context(|| format!("writing {}", cfg.display()))?;
-            let out = dir.join("callgrind.haproxy.out");
-            let args = callgrind_args(
-                settings,
-                &out,
+            hops.push(under.hop(
+                "haproxy",
                 &bin,
                 &["-db".to_owned(), "-f".to_owned(), cfg.display().to_string()],
-            );
-            let mut proc = Proc::spawn(
-                "haproxy",
-                None,
-                valgrind,
-                &args,
-                &[],
-                dir.join("haproxy.log"),
                 StopBy::Signal(Signal::SIGUSR1),
-            )?;
-            wait_listening(&mut proc, &[listen], None, timeout)?;
-            hops.push(Hop { proc, out });
+                &[listen],
+                None,
+            )?);
             Ok((hops, listen))
         }
         TargetName::Relay => {
             let bin = std::env::current_exe().context("finding this program's path")?;
             let listen = free_addr()?;
-            let out = dir.join("callgrind.relay.out");
-            let args = callgrind_args(
-                settings,
-                &out,
+            hops.push(under.hop(
+                "relay",
                 &bin,
                 &crate::targets::relay_args(listen, backend, settings.workers),
-            );
-            let mut proc = Proc::spawn(
-                "relay",
-                None,
-                valgrind,
-                &args,
-                &[],
-                dir.join("relay.log"),
                 StopBy::Signal(Signal::SIGTERM),
-            )?;
-            wait_listening(&mut proc, &[listen], None, timeout)?;
-            hops.push(Hop { proc, out });
+                &[listen],
+                None,
+            )?);
             Ok((hops, listen))
         }
         other => bail!("{other} is not measured under callgrind"),
