@@ -14,6 +14,7 @@ mod callgrind;
 mod compare;
 mod loadgen;
 mod measure;
+mod pgo;
 mod relay;
 mod report;
 mod targets;
@@ -44,6 +45,10 @@ enum Cmd {
     Compare(CompareArgs),
     /// Instructions per request under callgrind (the relay floor, Tern one hop and two).
     Instructions(InstructionsArgs),
+    /// The release build of tern-proxy, optimized with the profile of a training run (PGO):
+    /// an instrumented build, every Tern shape under load, then the optimized build, at
+    /// `target/<host triple>/release/tern-proxy` (about 8 minutes).
+    Pgo(PgoArgs),
     /// Run the load generator alone against a URL.
     Load(LoadArgs),
     /// Serve a fixed body over HTTP/1.1 and h2c until killed.
@@ -58,7 +63,11 @@ struct TernBin {
     /// The tern-proxy binary [default: target/release/tern-proxy, built first].
     #[arg(long)]
     tern_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p tern-proxy` first.
+    /// Measure the PGO build (the `pgo` subcommand's), built first: Tern as released.
+    #[arg(long, conflicts_with = "tern_bin")]
+    pgo: bool,
+    /// Do not build tern-proxy first (`cargo build --release -p tern-proxy`, or with `--pgo`
+    /// the whole PGO pipeline): use the build that is there.
     #[arg(long)]
     no_build: bool,
     /// Another tern-proxy build (the one before a change) measured beside this one as target
@@ -160,6 +169,13 @@ struct InstructionsArgs {
 }
 
 #[derive(Args)]
+struct PgoArgs {
+    /// Keep the training's scratch directory (configs and logs) and print where it is.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Args)]
 struct LoadArgs {
     /// e.g. http://127.0.0.1:8080/
     #[arg(long)]
@@ -245,6 +261,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Compare(a) => compare(a),
         Cmd::Instructions(a) => instructions(a),
+        Cmd::Pgo(a) => pgo_build(a.keep).map(|bin| println!("{}", bin.display())),
         Cmd::Load(a) => load(a),
         Cmd::Backend(a) => backend::serve(a.listen, a.response_size),
         Cmd::Relay(a) => relay::serve(a.listen, a.backend, a.workers),
@@ -264,8 +281,6 @@ fn workspace() -> &'static Path {
         .unwrap_or_else(|| Path::new("."))
 }
 
-/// The tern-proxy binary to measure, built first unless told otherwise (so a benchmark never
-/// measures a stale build by accident).
 /// The programs to measure: Tern (built first unless told not to), the base build of an A/B
 /// when one is given, and the peers found on this machine.
 fn programs(t: &TernBin) -> Result<Programs> {
@@ -276,12 +291,21 @@ fn programs(t: &TernBin) -> Result<Programs> {
     Ok(Programs::find(tern_binary(t)?, base))
 }
 
+/// The tern-proxy binary to measure, built first unless told otherwise (so a benchmark never
+/// measures a stale build by accident).
 fn tern_binary(t: &TernBin) -> Result<PathBuf> {
     if let Some(bin) = &t.tern_bin {
         if !bin.is_file() {
             bail!("--tern-bin {}: no such file", bin.display());
         }
         return Ok(bin.clone());
+    }
+    if t.pgo {
+        return if t.no_build {
+            pgo::built(&target_dir()?)
+        } else {
+            pgo_build(false)
+        };
     }
     if !t.no_build {
         eprintln!("building tern-proxy (cargo build --release -p tern-proxy) ...");
@@ -295,19 +319,34 @@ fn tern_binary(t: &TernBin) -> Result<PathBuf> {
             bail!("cargo build --release -p tern-proxy failed ({status})");
         }
     }
-    // Beside this binary when it is a release build; in the release directory otherwise.
-    let exe = std::env::current_exe().context("finding this program's path")?;
-    let target_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("this program is not inside a cargo target directory")?;
-    let bin = target_dir.join("release").join("tern-proxy");
+    let bin = target_dir()?.join("release").join("tern-proxy");
     if !bin.is_file() {
         bail!(
             "{} does not exist: build it with `cargo build --release -p tern-proxy` or pass --tern-bin",
             bin.display()
         );
     }
+    Ok(bin)
+}
+
+/// The cargo target directory this program was built in (Tern's builds go beside it).
+fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("this program is not inside a cargo target directory")
+}
+
+fn pgo_build(keep: bool) -> Result<PathBuf> {
+    if cfg!(debug_assertions) {
+        bail!(
+            "the training's load generator is a debug build: run `cargo run --release -p tern-benches -- pgo`"
+        );
+    }
+    let scratch = scratch_dir(keep)?;
+    let bin = pgo::build(workspace(), &target_dir()?, scratch.0.path())?;
+    finish_scratch(scratch);
     Ok(bin)
 }
 
