@@ -414,7 +414,7 @@ fn phases(
     Ok(())
 }
 
-fn measure_phase(
+pub fn measure_phase(
     spec: &Spec,
     rate: Option<f64>,
     running: &Running,

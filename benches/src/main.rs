@@ -14,6 +14,7 @@ mod callgrind;
 mod compare;
 mod loadgen;
 mod measure;
+mod paired;
 mod pgo;
 mod relay;
 mod report;
@@ -45,6 +46,9 @@ enum Cmd {
     Compare(CompareArgs),
     /// Instructions per request under callgrind (the relay floor, Tern one hop and two).
     Instructions(InstructionsArgs),
+    /// A few targets at one fixed rate, all running at once, in short windows that take
+    /// turns for many cycles: CPU and latency at a low rate, paired cycle by cycle.
+    Paired(PairedArgs),
     /// The release build of tern-proxy, optimized with the profile of a training run (PGO):
     /// an instrumented build, every Tern shape under load, then the optimized build, at
     /// `target/<host triple>/release/tern-proxy` (about 8 minutes).
@@ -169,6 +173,40 @@ struct InstructionsArgs {
 }
 
 #[derive(Args)]
+struct PairedArgs {
+    /// The targets, two or more (no `direct`).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![TargetName::Relay, TargetName::Tern, TargetName::Nginx])]
+    targets: Vec<TargetName>,
+    #[arg(long, value_enum, default_value_t = Protocol::Http1)]
+    protocol: Protocol,
+    /// Requests per second, open loop.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 20)]
+    cycles: usize,
+    /// Each target's measured window per cycle.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    window: Duration,
+    /// Load before each window.
+    #[arg(long, default_value = "300ms", value_parser = duration)]
+    settle: Duration,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    h2_streams: usize,
+    #[arg(long, default_value_t = 1024)]
+    response_size: usize,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    #[arg(long)]
+    no_pin: bool,
+    #[arg(long)]
+    keep: bool,
+    #[command(flatten)]
+    tern: TernBin,
+}
+
+#[derive(Args)]
 struct PgoArgs {
     /// Keep the training's scratch directory (configs and logs) and print where it is.
     #[arg(long)]
@@ -261,6 +299,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Compare(a) => compare(a),
         Cmd::Instructions(a) => instructions(a),
+        Cmd::Paired(a) => paired(a),
         Cmd::Pgo(a) => pgo_build(a.keep).map(|bin| println!("{}", bin.display())),
         Cmd::Load(a) => load(a),
         Cmd::Backend(a) => backend::serve(a.listen, a.response_size),
@@ -478,6 +517,40 @@ fn compare(a: CompareArgs) -> Result<()> {
     let md = report::markdown(&report);
     println!("{md}");
     let path = report::save(&compare::results_dir(), "compare", &report, &md)?;
+    eprintln!("results: {}", path.display());
+    Ok(())
+}
+
+fn paired(a: PairedArgs) -> Result<()> {
+    if cfg!(debug_assertions) {
+        bail!(
+            "the load generator is a debug build: run `cargo run --release -p tern-benches -- paired`"
+        );
+    }
+    let settings = paired::Settings {
+        targets: TargetName::with_base(a.targets, a.tern.base_bin.is_some()),
+        protocol: a.protocol,
+        rate: a.rate,
+        cycles: a.cycles.max(1),
+        window: a.window,
+        settle: a.settle,
+        connections: a.connections.max(1),
+        h2_streams: a.h2_streams.max(1),
+        response_size: a.response_size,
+        workers: a.workers.max(1),
+        pinning: pinning(a.no_pin),
+    };
+    paired::check(&settings)?;
+    let programs = programs(&a.tern)?;
+    if let Some((generator, _)) = settings.pinning {
+        measure::pin_current_thread(generator)?;
+    }
+    let scratch = scratch_dir(a.keep)?;
+    let outcome = paired::run(&settings, &programs, scratch.0.path())?;
+    finish_scratch(scratch);
+    let md = paired::markdown(&outcome);
+    println!("{md}");
+    let path = report::save(&compare::results_dir(), "paired", &outcome, &md)?;
     eprintln!("results: {}", path.display());
     Ok(())
 }

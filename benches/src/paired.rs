@@ -1,0 +1,408 @@
+//! `paired`: a few targets at one fixed rate, all running at once, measured in short windows
+//! that take turns (A B C, B C A, C A B, …) for many cycles.
+//!
+//! At 2,000 req/s this host drifts between a faster and a slower state every few seconds (the
+//! relay's CPU per request moved between 35 and 53 µs from one 3 s window to the next, in one
+//! process), so `compare`'s three rounds, each target in its own minute, often order two
+//! proxies by the host's state. Here every cycle measures each target within seconds of the
+//! others, and the report pairs them cycle by cycle: in how many cycles Tern's figure was at
+//! most the other's, and the median of the per-cycle ratios.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use http::Method;
+use serde::Serialize;
+
+use crate::compare::{self, PhaseResult};
+use crate::loadgen::{Budget, Pace, Protocol, Spec};
+use crate::report::median;
+use crate::targets::{self, Programs, Running, Setup, TargetName};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub targets: Vec<TargetName>,
+    pub protocol: Protocol,
+    pub rate: f64,
+    pub cycles: usize,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Load before each window (the target was idle while the others took their turn).
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+    pub connections: usize,
+    pub h2_streams: usize,
+    pub response_size: usize,
+    pub workers: usize,
+    pub pinning: Option<(usize, usize)>,
+}
+
+/// One target's window in one cycle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub target: TargetName,
+    pub cycle: usize,
+    pub cpu_us_per_request: Option<f64>,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub settings: Settings,
+    pub windows: Vec<Window>,
+    pub seconds: f64,
+}
+
+/// Cycle `c` (from 0) visits the targets rotated by `c`, so no target always follows the same
+/// one.
+pub fn order(n: usize, cycle: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + cycle) % n.max(1))
+}
+
+pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<Outcome> {
+    let started = Instant::now();
+    let cpu = settings.pinning.map(|(_, other)| other);
+    let timeout = Duration::from_secs(20);
+    let backend_bin = std::env::current_exe().context("finding this program's path")?;
+    let (mut backend, backend_addr) = compare::start_backend(
+        &backend_bin,
+        scratch,
+        cpu,
+        settings.response_size,
+        settings.protocol,
+        timeout,
+    )?;
+    let mut running: Vec<(TargetName, Running)> = Vec::new();
+    let result = (|| -> Result<Vec<Window>> {
+        for &name in &settings.targets {
+            let target = targets::make(name, programs);
+            target.check_installed()?;
+            let dir = scratch.join(name.as_str());
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let setup = Setup {
+                dir: &dir,
+                protocol: settings.protocol,
+                workers: settings.workers,
+                cpu,
+                backend: backend_addr,
+                startup_timeout: timeout,
+            };
+            running.push((
+                name,
+                target
+                    .start(&setup)
+                    .with_context(|| format!("starting {name}"))?,
+            ));
+        }
+        let streams = match settings.protocol {
+            Protocol::Http1 => 1,
+            Protocol::Http2 => settings.h2_streams,
+        };
+        let spec = |r: &Running, warmup, measure| Spec {
+            endpoint: r.endpoint.clone(),
+            protocol: settings.protocol,
+            connections: settings.connections,
+            streams,
+            pace: Pace::Open {
+                rate: settings.rate,
+            },
+            budget: Budget::Timed { warmup, measure },
+            method: Method::GET,
+            request_body: 0,
+            timeout: Duration::from_secs(2),
+            grace: Duration::from_millis(500),
+        };
+        // Every target warm before the first cycle.
+        for (_, r) in &running {
+            compare::measure_phase(
+                &spec(r, Duration::from_secs(1), settings.settle),
+                None,
+                r,
+                &backend,
+            )?;
+        }
+        let mut windows = Vec::new();
+        for cycle in 0..settings.cycles {
+            eprintln!("cycle {}/{} ...", cycle + 1, settings.cycles);
+            for i in order(running.len(), cycle) {
+                let Some((name, r)) = running.get_mut(i) else {
+                    continue;
+                };
+                let phase: PhaseResult = compare::measure_phase(
+                    &spec(r, settings.settle, settings.window),
+                    Some(settings.rate),
+                    r,
+                    &backend,
+                )?;
+                r.check_alive().with_context(|| format!("{name} died"))?;
+                windows.push(Window {
+                    target: *name,
+                    cycle: cycle + 1,
+                    cpu_us_per_request: phase.proxy_cpu_us_per_request,
+                    p50_us: phase.load.latency_us.p50,
+                    p99_us: phase.load.latency_us.p99,
+                    failures: phase.load.failures(),
+                });
+            }
+            backend.check_alive().context("the backend died")?;
+        }
+        Ok(windows)
+    })();
+    for (name, r) in &mut running {
+        if let Err(e) = r.stop() {
+            eprintln!("warning: stopping {name}: {e:#}");
+        }
+    }
+    let _ = backend.stop(Duration::from_secs(5));
+    Ok(Outcome {
+        settings: settings.clone(),
+        windows: result?,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One target's medians over its windows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub target: TargetName,
+    pub cpu_us: Option<f64>,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub failures: u64,
+}
+
+/// `subject` against `other`, cycle by cycle (CPU per request).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pair {
+    pub other: TargetName,
+    /// Median of subject ÷ other over the cycles.
+    pub cpu_ratio: Option<f64>,
+    /// Cycles in which the subject's CPU was at most the other's, and cycles compared.
+    pub at_most: (usize, usize),
+    /// Median of subject − other, p50 and p99 (µs).
+    pub p50_delta: Option<f64>,
+    pub p99_delta: Option<f64>,
+}
+
+pub fn rows(o: &Outcome) -> Vec<Row> {
+    o.settings
+        .targets
+        .iter()
+        .map(|&target| {
+            let mine: Vec<&Window> = o.windows.iter().filter(|w| w.target == target).collect();
+            Row {
+                target,
+                cpu_us: median(mine.iter().filter_map(|w| w.cpu_us_per_request).collect()),
+                p50_us: median(mine.iter().map(|w| w.p50_us).collect()),
+                p99_us: median(mine.iter().map(|w| w.p99_us).collect()),
+                failures: mine.iter().map(|w| w.failures).sum(),
+            }
+        })
+        .collect()
+}
+
+pub fn pairs(o: &Outcome, subject: TargetName) -> Vec<Pair> {
+    let at = |t: TargetName, cycle: usize| {
+        o.windows
+            .iter()
+            .find(|w| w.target == t && w.cycle == cycle && w.failures == 0)
+    };
+    o.settings
+        .targets
+        .iter()
+        .filter(|&&t| t != subject)
+        .map(|&other| {
+            let both: Vec<(&Window, &Window)> = (1..=o.settings.cycles)
+                .filter_map(|c| at(subject, c).zip(at(other, c)))
+                .collect();
+            let cpu: Vec<(f64, f64)> = both
+                .iter()
+                .filter_map(|(a, b)| a.cpu_us_per_request.zip(b.cpu_us_per_request))
+                .collect();
+            Pair {
+                other,
+                cpu_ratio: median(cpu.iter().map(|(a, b)| a / b).collect()),
+                at_most: (cpu.iter().filter(|(a, b)| a <= b).count(), cpu.len()),
+                p50_delta: median(both.iter().map(|(a, b)| a.p50_us - b.p50_us).collect()),
+                p99_delta: median(both.iter().map(|(a, b)| a.p99_us - b.p99_us).collect()),
+            }
+        })
+        .collect()
+}
+
+pub fn markdown(o: &Outcome) -> String {
+    use std::fmt::Write as _;
+    let s = &o.settings;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Tern benchmark: paired windows at one rate\n");
+    let _ = writeln!(
+        md,
+        "{} at {} req/s, open loop, {} connections{}; {} cycles, each target's window {:?} after {:?} of load, in turns rotated every cycle; all targets running throughout, on one backend. Took {:.0} s.\n",
+        s.protocol.label(),
+        s.rate,
+        s.connections,
+        if s.protocol == Protocol::Http2 {
+            format!(" × {} streams", s.h2_streams)
+        } else {
+            String::new()
+        },
+        s.cycles,
+        s.window,
+        s.settle,
+        o.seconds
+    );
+    let num = |x: Option<f64>, d: usize| x.map_or_else(|| "–".to_owned(), |v| format!("{v:.d$}"));
+    let _ = writeln!(
+        md,
+        "| target | CPU µs/req | p50 µs | p99 µs | failed requests |\n|---|--:|--:|--:|--:|"
+    );
+    for r in rows(o) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {}{} |",
+            r.target,
+            num(r.cpu_us, 1),
+            num(r.p50_us, 0),
+            num(r.p99_us, 0),
+            if r.failures > 0 { "!! " } else { "" },
+            r.failures
+        );
+    }
+    md.push_str("\n(medians over the cycles)\n\n");
+    for subject in [TargetName::Tern, TargetName::TernBase]
+        .into_iter()
+        .filter(|t| s.targets.contains(t))
+        .take(1)
+    {
+        let _ = writeln!(
+            md,
+            "{subject} against each, cycle by cycle (windows with failures left out):\n\n| other | CPU ratio (median of cycles) | cycles with {subject}'s CPU ≤ the other's | Δ p50 µs | Δ p99 µs |\n|---|--:|--:|--:|--:|"
+        );
+        for p in pairs(o, subject) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} of {} | {} | {} |",
+                p.other,
+                p.cpu_ratio
+                    .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×")),
+                p.at_most.0,
+                p.at_most.1,
+                p.p50_delta
+                    .map_or_else(|| "–".to_owned(), |d| format!("{d:+.0}")),
+                p.p99_delta
+                    .map_or_else(|| "–".to_owned(), |d| format!("{d:+.0}")),
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Checks the settings a user gave.
+pub fn check(settings: &Settings) -> Result<()> {
+    if settings.targets.len() < 2 {
+        bail!("paired needs two targets or more (--targets tern,nginx)");
+    }
+    if let Some(t) = settings.targets.iter().find(|t| **t == TargetName::Direct) {
+        bail!("{t} has no proxy CPU to compare: leave it out");
+    }
+    if !(settings.rate.is_finite() && settings.rate > 0.0) {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(target: TargetName, cycle: usize, cpu: f64, p50: f64) -> Window {
+        Window {
+            target,
+            cycle,
+            cpu_us_per_request: Some(cpu),
+            p50_us: p50,
+            p99_us: 2.0 * p50,
+            failures: 0,
+        }
+    }
+
+    fn settings(targets: Vec<TargetName>, cycles: usize) -> Settings {
+        Settings {
+            targets,
+            protocol: Protocol::Http1,
+            rate: 2000.0,
+            cycles,
+            window: Duration::from_secs(2),
+            settle: Duration::from_millis(300),
+            connections: 32,
+            h2_streams: 10,
+            response_size: 1024,
+            workers: 1,
+            pinning: Some((0, 1)),
+        }
+    }
+
+    #[test]
+    fn turns_rotate_every_cycle() {
+        let of = |c| order(3, c).collect::<Vec<_>>();
+        assert_eq!(of(0), [0, 1, 2]);
+        assert_eq!(of(1), [1, 2, 0]);
+        assert_eq!(of(2), [2, 0, 1]);
+        assert_eq!(of(3), [0, 1, 2]);
+        assert_eq!(order(0, 5).count(), 0);
+    }
+
+    #[test]
+    fn cycles_pair_like_with_like() {
+        use TargetName::{Nginx, Tern};
+        // The host drifts: cycle 2 is slow for both. Tern is lower in cycles 1 and 2.
+        let mut windows = vec![
+            w(Tern, 1, 40.0, 120.0),
+            w(Nginx, 1, 44.0, 125.0),
+            w(Tern, 2, 55.0, 170.0),
+            w(Nginx, 2, 60.0, 160.0),
+            w(Tern, 3, 42.0, 118.0),
+            w(Nginx, 3, 41.0, 121.0),
+        ];
+        // A window with failures is not compared.
+        windows.push(Window {
+            failures: 3,
+            ..w(Tern, 4, 10.0, 100.0)
+        });
+        windows.push(w(Nginx, 4, 50.0, 100.0));
+        let o = Outcome {
+            settings: settings(vec![Tern, Nginx], 4),
+            windows,
+            seconds: 1.0,
+        };
+        let p = pairs(&o, Tern);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].other, Nginx);
+        assert_eq!(p[0].at_most, (2, 3));
+        // Ratios 0.909, 0.917, 1.024: the median is cycle 2's.
+        let ratio = p[0].cpu_ratio.unwrap_or(f64::NAN);
+        assert!((ratio - 55.0 / 60.0).abs() < 1e-9, "{ratio}");
+        assert_eq!(p[0].p50_delta, Some(-3.0));
+        let rows = rows(&o);
+        assert_eq!(rows[0].failures, 3);
+        assert_eq!(rows[1].cpu_us, Some(47.0));
+        let md = markdown(&o);
+        assert!(md.contains("| nginx | 0.92× | 2 of 3 | -3 | -6 |"), "{md}");
+        assert!(md.contains("| tern | 41.0 | 119 | 238 | !! 3 |"), "{md}");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        use TargetName::{Direct, Nginx, Tern};
+        assert!(check(&settings(vec![Tern], 5)).is_err());
+        assert!(check(&settings(vec![Tern, Direct], 5)).is_err());
+        let mut s = settings(vec![Tern, Nginx], 5);
+        assert!(check(&s).is_ok());
+        s.rate = 0.0;
+        assert!(check(&s).is_err());
+    }
+}
