@@ -1025,7 +1025,7 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         md,
-        "gen CPU % = the load generator's own CPU during the closed loop (% of its core). CPU µs/req = utime+stime of the proxy process(es) over the window ÷ responses. RSS = VmHWM."
+        "gen CPU % = the load generator's own CPU during the closed loop (% of its core). CPU µs/req = run time of the proxy process(es)' threads (schedstat, ns) over the window ÷ responses. RSS = VmHWM."
     );
     md
 }
