@@ -177,8 +177,9 @@ struct PairedArgs {
     /// The targets, two or more (no `direct`).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![TargetName::Relay, TargetName::Tern, TargetName::Nginx])]
     targets: Vec<TargetName>,
-    #[arg(long, value_enum, default_value_t = Protocol::Http1)]
-    protocol: Protocol,
+    /// Every target runs over each (`h1,h2`: Tern over HTTP/1.1 against Tern over h2c too).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Protocol::Http1])]
+    protocols: Vec<Protocol>,
     /// Requests per second, open loop.
     #[arg(long, default_value_t = 2000.0)]
     rate: f64,
@@ -529,7 +530,7 @@ fn paired(a: PairedArgs) -> Result<()> {
     }
     let settings = paired::Settings {
         targets: TargetName::with_base(a.targets, a.tern.base_bin.is_some()),
-        protocol: a.protocol,
+        protocols: a.protocols,
         rate: a.rate,
         cycles: a.cycles.max(1),
         window: a.window,

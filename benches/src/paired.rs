@@ -23,7 +23,8 @@ use crate::targets::{self, Programs, Running, Setup, TargetName};
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub targets: Vec<TargetName>,
-    pub protocol: Protocol,
+    /// Every target runs over each of these, as a runner of its own.
+    pub protocols: Vec<Protocol>,
     pub rate: f64,
     pub cycles: usize,
     #[serde(with = "humantime_serde")]
@@ -38,10 +39,40 @@ pub struct Settings {
     pub pinning: Option<(usize, usize)>,
 }
 
-/// One target's window in one cycle.
+/// A target over a protocol: what takes a turn in each cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Runner {
+    pub target: TargetName,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.protocol {
+            Protocol::Http1 => write!(f, "{}", self.target),
+            Protocol::Http2 => write!(f, "{} (h2c)", self.target),
+        }
+    }
+}
+
+impl Settings {
+    /// Every target over the first protocol, then over the next.
+    pub fn runners(&self) -> Vec<Runner> {
+        self.protocols
+            .iter()
+            .flat_map(|&protocol| {
+                self.targets
+                    .iter()
+                    .map(move |&target| Runner { target, protocol })
+            })
+            .collect()
+    }
+}
+
+/// One runner's window in one cycle.
 #[derive(Debug, Clone, Serialize)]
 pub struct Window {
-    pub target: TargetName,
+    pub runner: Runner,
     pub cycle: usize,
     pub cpu_us_per_request: Option<f64>,
     pub p50_us: f64,
@@ -72,40 +103,46 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
         scratch,
         cpu,
         settings.response_size,
-        settings.protocol,
+        Protocol::Http1,
         timeout,
     )?;
-    let mut running: Vec<(TargetName, Running)> = Vec::new();
+    let mut running: Vec<(Runner, Running)> = Vec::new();
     let result = (|| -> Result<Vec<Window>> {
-        for &name in &settings.targets {
+        for runner in settings.runners() {
+            let name = runner.target;
             let target = targets::make(name, programs);
             target.check_installed()?;
-            let dir = scratch.join(name.as_str());
+            let dir = scratch.join(format!(
+                "{name}-{}",
+                match runner.protocol {
+                    Protocol::Http1 => "h1",
+                    Protocol::Http2 => "h2",
+                }
+            ));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let setup = Setup {
                 dir: &dir,
-                protocol: settings.protocol,
+                protocol: runner.protocol,
                 workers: settings.workers,
                 cpu,
                 backend: backend_addr,
                 startup_timeout: timeout,
             };
             running.push((
-                name,
+                runner,
                 target
                     .start(&setup)
                     .with_context(|| format!("starting {name}"))?,
             ));
         }
-        let streams = match settings.protocol {
-            Protocol::Http1 => 1,
-            Protocol::Http2 => settings.h2_streams,
-        };
-        let spec = |r: &Running, warmup, measure| Spec {
+        let spec = |runner: &Runner, r: &Running, warmup, measure| Spec {
             endpoint: r.endpoint.clone(),
-            protocol: settings.protocol,
+            protocol: runner.protocol,
             connections: settings.connections,
-            streams,
+            streams: match runner.protocol {
+                Protocol::Http1 => 1,
+                Protocol::Http2 => settings.h2_streams,
+            },
             pace: Pace::Open {
                 rate: settings.rate,
             },
@@ -116,9 +153,9 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
             grace: Duration::from_millis(500),
         };
         // Every target warm before the first cycle.
-        for (_, r) in &running {
+        for (runner, r) in &running {
             compare::measure_phase(
-                &spec(r, Duration::from_secs(1), settings.settle),
+                &spec(runner, r, Duration::from_secs(1), settings.settle),
                 None,
                 r,
                 &backend,
@@ -128,18 +165,18 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
         for cycle in 0..settings.cycles {
             eprintln!("cycle {}/{} ...", cycle + 1, settings.cycles);
             for i in order(running.len(), cycle) {
-                let Some((name, r)) = running.get_mut(i) else {
+                let Some((runner, r)) = running.get_mut(i) else {
                     continue;
                 };
                 let phase: PhaseResult = compare::measure_phase(
-                    &spec(r, settings.settle, settings.window),
+                    &spec(runner, r, settings.settle, settings.window),
                     Some(settings.rate),
                     r,
                     &backend,
                 )?;
-                r.check_alive().with_context(|| format!("{name} died"))?;
+                r.check_alive().with_context(|| format!("{runner} died"))?;
                 windows.push(Window {
-                    target: *name,
+                    runner: *runner,
                     cycle: cycle + 1,
                     cpu_us_per_request: phase.proxy_cpu_us_per_request,
                     p50_us: phase.load.latency_us.p50,
@@ -151,9 +188,9 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
         }
         Ok(windows)
     })();
-    for (name, r) in &mut running {
+    for (runner, r) in &mut running {
         if let Err(e) = r.stop() {
-            eprintln!("warning: stopping {name}: {e:#}");
+            eprintln!("warning: stopping {runner}: {e:#}");
         }
     }
     let _ = backend.stop(Duration::from_secs(5));
@@ -164,10 +201,10 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
     })
 }
 
-/// One target's medians over its windows.
+/// One runner's medians over its windows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
-    pub target: TargetName,
+    pub runner: Runner,
     pub cpu_us: Option<f64>,
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
@@ -177,7 +214,7 @@ pub struct Row {
 /// `subject` against `other`, cycle by cycle (CPU per request).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Pair {
-    pub other: TargetName,
+    pub other: Runner,
     /// Median of subject ÷ other over the cycles.
     pub cpu_ratio: Option<f64>,
     /// Cycles in which the subject's CPU was at most the other's, and cycles compared.
@@ -189,12 +226,12 @@ pub struct Pair {
 
 pub fn rows(o: &Outcome) -> Vec<Row> {
     o.settings
-        .targets
-        .iter()
-        .map(|&target| {
-            let mine: Vec<&Window> = o.windows.iter().filter(|w| w.target == target).collect();
+        .runners()
+        .into_iter()
+        .map(|runner| {
+            let mine: Vec<&Window> = o.windows.iter().filter(|w| w.runner == runner).collect();
             Row {
-                target,
+                runner,
                 cpu_us: median(mine.iter().filter_map(|w| w.cpu_us_per_request).collect()),
                 p50_us: median(mine.iter().map(|w| w.p50_us).collect()),
                 p99_us: median(mine.iter().map(|w| w.p99_us).collect()),
@@ -204,17 +241,25 @@ pub fn rows(o: &Outcome) -> Vec<Row> {
         .collect()
 }
 
-pub fn pairs(o: &Outcome, subject: TargetName) -> Vec<Pair> {
-    let at = |t: TargetName, cycle: usize| {
+/// The runner the others are compared with: Tern over the first protocol.
+pub fn subject(settings: &Settings) -> Option<Runner> {
+    settings
+        .runners()
+        .into_iter()
+        .find(|r| r.target == TargetName::Tern)
+}
+
+pub fn pairs(o: &Outcome, subject: Runner) -> Vec<Pair> {
+    let at = |r: Runner, cycle: usize| {
         o.windows
             .iter()
-            .find(|w| w.target == t && w.cycle == cycle && w.failures == 0)
+            .find(|w| w.runner == r && w.cycle == cycle && w.failures == 0)
     };
     o.settings
-        .targets
-        .iter()
-        .filter(|&&t| t != subject)
-        .map(|&other| {
+        .runners()
+        .into_iter()
+        .filter(|&r| r != subject)
+        .map(|other| {
             let both: Vec<(&Window, &Window)> = (1..=o.settings.cycles)
                 .filter_map(|c| at(subject, c).zip(at(other, c)))
                 .collect();
@@ -240,15 +285,15 @@ pub fn markdown(o: &Outcome) -> String {
     let _ = writeln!(md, "# Tern benchmark: paired windows at one rate\n");
     let _ = writeln!(
         md,
-        "{} at {} req/s, open loop, {} connections{}; {} cycles, each target's window {:?} after {:?} of load, in turns rotated every cycle; all targets running throughout, on one backend. Took {:.0} s.\n",
-        s.protocol.label(),
+        "{} at {} req/s, open loop, {} connections ({} streams each over HTTP/2); {} cycles, each runner's window {:?} after {:?} of load, in turns rotated every cycle; all running throughout, on one backend. Took {:.0} s.\n",
+        s.protocols
+            .iter()
+            .map(|p| p.label())
+            .collect::<Vec<_>>()
+            .join(" and "),
         s.rate,
         s.connections,
-        if s.protocol == Protocol::Http2 {
-            format!(" × {} streams", s.h2_streams)
-        } else {
-            String::new()
-        },
+        s.h2_streams,
         s.cycles,
         s.window,
         s.settle,
@@ -263,7 +308,7 @@ pub fn markdown(o: &Outcome) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {}{} |",
-            r.target,
+            r.runner,
             num(r.cpu_us, 1),
             num(r.p50_us, 0),
             num(r.p99_us, 0),
@@ -272,11 +317,7 @@ pub fn markdown(o: &Outcome) -> String {
         );
     }
     md.push_str("\n(medians over the cycles)\n\n");
-    for subject in [TargetName::Tern, TargetName::TernBase]
-        .into_iter()
-        .filter(|t| s.targets.contains(t))
-        .take(1)
-    {
+    if let Some(subject) = subject(s) {
         let _ = writeln!(
             md,
             "{subject} against each, cycle by cycle (windows with failures left out):\n\n| other | CPU ratio (median of cycles) | cycles with {subject}'s CPU ≤ the other's | Δ p50 µs | Δ p99 µs |\n|---|--:|--:|--:|--:|"
@@ -303,8 +344,10 @@ pub fn markdown(o: &Outcome) -> String {
 
 /// Checks the settings a user gave.
 pub fn check(settings: &Settings) -> Result<()> {
-    if settings.targets.len() < 2 {
-        bail!("paired needs two targets or more (--targets tern,nginx)");
+    if settings.runners().len() < 2 {
+        bail!(
+            "paired needs two runners or more: two targets (--targets tern,nginx), or one over two protocols (--protocols h1,h2)"
+        );
     }
     if let Some(t) = settings.targets.iter().find(|t| **t == TargetName::Direct) {
         bail!("{t} has no proxy CPU to compare: leave it out");
@@ -321,7 +364,10 @@ mod tests {
 
     fn w(target: TargetName, cycle: usize, cpu: f64, p50: f64) -> Window {
         Window {
-            target,
+            runner: Runner {
+                target,
+                protocol: Protocol::Http1,
+            },
             cycle,
             cpu_us_per_request: Some(cpu),
             p50_us: p50,
@@ -333,7 +379,7 @@ mod tests {
     fn settings(targets: Vec<TargetName>, cycles: usize) -> Settings {
         Settings {
             targets,
-            protocol: Protocol::Http1,
+            protocols: vec![Protocol::Http1],
             rate: 2000.0,
             cycles,
             window: Duration::from_secs(2),
@@ -379,9 +425,11 @@ mod tests {
             windows,
             seconds: 1.0,
         };
-        let p = pairs(&o, Tern);
+        let tern = subject(&o.settings).unwrap_or_else(|| panic!("no subject"));
+        assert_eq!(tern.target, Tern);
+        let p = pairs(&o, tern);
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].other, Nginx);
+        assert_eq!(p[0].other.target, Nginx);
         assert_eq!(p[0].at_most, (2, 3));
         // Ratios 0.909, 0.917, 1.024: the median is cycle 2's.
         let ratio = p[0].cpu_ratio.unwrap_or(f64::NAN);
@@ -399,6 +447,17 @@ mod tests {
     fn bad_settings_are_refused() {
         use TargetName::{Direct, Nginx, Tern};
         assert!(check(&settings(vec![Tern], 5)).is_err());
+        // One target over two protocols is a pair too.
+        let mut both = settings(vec![Tern], 5);
+        both.protocols = vec![Protocol::Http1, Protocol::Http2];
+        assert!(check(&both).is_ok());
+        assert_eq!(
+            both.runners()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["tern", "tern (h2c)"]
+        );
         assert!(check(&settings(vec![Tern, Direct], 5)).is_err());
         let mut s = settings(vec![Tern, Nginx], 5);
         assert!(check(&s).is_ok());
