@@ -515,9 +515,13 @@ fn compare(a: CompareArgs) -> Result<()> {
     let outcome = compare::run(&settings, &programs, scratch.0.path())?;
     finish_scratch(scratch);
     let report = report::build(machine, outcome);
-    let md = report::markdown(&report);
+    publish("compare", &report, &report::markdown(&report))
+}
+
+/// The report on stdout, and it and the raw figures under benches/results/.
+fn publish(stem: &str, value: &impl serde::Serialize, md: &str) -> Result<()> {
     println!("{md}");
-    let path = report::save(&compare::results_dir(), "compare", &report, &md)?;
+    let path = report::save(&compare::results_dir(), stem, value, md)?;
     eprintln!("results: {}", path.display());
     Ok(())
 }
@@ -549,11 +553,7 @@ fn paired(a: PairedArgs) -> Result<()> {
     let scratch = scratch_dir(a.keep)?;
     let outcome = paired::run(&settings, &programs, scratch.0.path())?;
     finish_scratch(scratch);
-    let md = paired::markdown(&outcome);
-    println!("{md}");
-    let path = report::save(&compare::results_dir(), "paired", &outcome, &md)?;
-    eprintln!("results: {}", path.display());
-    Ok(())
+    publish("paired", &outcome, &paired::markdown(&outcome))
 }
 
 fn instructions(a: InstructionsArgs) -> Result<()> {
@@ -573,11 +573,7 @@ fn instructions(a: InstructionsArgs) -> Result<()> {
     let scratch = scratch_dir(a.keep)?;
     let outcome = callgrind::run(&settings, &programs, scratch.0.path())?;
     finish_scratch(scratch);
-    let md = callgrind::markdown(&outcome);
-    println!("{md}");
-    let path = report::save(&compare::results_dir(), "instructions", &outcome, &md)?;
-    eprintln!("results: {}", path.display());
-    Ok(())
+    publish("instructions", &outcome, &callgrind::markdown(&outcome))
 }
 
 fn load(a: LoadArgs) -> Result<()> {

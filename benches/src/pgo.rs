@@ -26,16 +26,14 @@ use crate::targets::{Programs, TargetName};
 /// The cargo-pgo release the pipeline installs when it is missing.
 const CARGO_PGO_VERSION: &str = "0.3.0";
 
-/// The Tern shapes the training runs: every one `compare` measures but `tern-base`.
-pub const TRAINED: [TargetName; 7] = [
-    TargetName::Tern,
-    TargetName::TernAuto,
-    TargetName::TernMesh,
-    TargetName::TernResilient,
-    TargetName::TernTraced,
-    TargetName::TernTraced1,
-    TargetName::TernSampled1,
-];
+/// The Tern shapes the training runs: every one `compare` measures (`tern-base` is not in
+/// `TargetName::ALL`: it is another build, not a shape).
+pub fn trained() -> Vec<TargetName> {
+    TargetName::ALL
+        .into_iter()
+        .filter(|t| t.as_str().starts_with("tern"))
+        .collect()
+}
 
 /// Where the pipeline's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +88,8 @@ pub fn training_settings(
 ) -> compare::Settings {
     compare::Settings {
         rounds: 1,
-        targets: TRAINED.to_vec(),
-        h2_targets: TRAINED.to_vec(),
+        targets: trained(),
+        h2_targets: trained(),
         protocols: vec![Protocol::Http1, Protocol::Http2],
         workers: 1,
         connections: 32,
@@ -119,18 +117,7 @@ pub fn build(root: &Path, target_dir: &Path, scratch: &Path) -> Result<PathBuf> 
     let profiles = layout.profiles.to_string_lossy().into_owned();
 
     eprintln!("pgo 1/3: the instrumented build (cargo pgo build) ...");
-    cargo(
-        root,
-        &[
-            "pgo",
-            "build",
-            "--profiles-dir",
-            &profiles,
-            "--",
-            "-p",
-            "tern-proxy",
-        ],
-    )?;
+    cargo_pgo(root, &["build"], &profiles)?;
     if !layout.binary.is_file() {
         bail!("cargo pgo build left no {}", layout.binary.display());
     }
@@ -166,19 +153,7 @@ pub fn build(root: &Path, target_dir: &Path, scratch: &Path) -> Result<PathBuf> 
     eprintln!("pgo: {written} profile file(s) written");
 
     eprintln!("pgo 3/3: the optimized build (cargo pgo optimize build) ...");
-    cargo(
-        root,
-        &[
-            "pgo",
-            "optimize",
-            "build",
-            "--profiles-dir",
-            &profiles,
-            "--",
-            "-p",
-            "tern-proxy",
-        ],
-    )?;
+    cargo_pgo(root, &["optimize", "build"], &profiles)?;
     Ok(layout.binary)
 }
 
@@ -250,6 +225,14 @@ fn ensure_tools(root: &Path) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `cargo pgo <step> --profiles-dir <profiles> -- -p tern-proxy`.
+fn cargo_pgo(root: &Path, step: &[&str], profiles: &str) -> Result<()> {
+    let mut args = vec!["pgo"];
+    args.extend_from_slice(step);
+    args.extend(["--profiles-dir", profiles, "--", "-p", "tern-proxy"]);
+    cargo(root, &args)
 }
 
 fn cargo_command() -> Command {
