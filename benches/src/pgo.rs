@@ -123,6 +123,28 @@ pub fn build(root: &Path, target_dir: &Path, scratch: &Path) -> Result<PathBuf> 
     }
 
     eprintln!("pgo 2/3: training ...");
+    // An instrumented binary left where the optimized one goes would be measured by the next
+    // `--pgo --no-build`: if the training fails, it goes.
+    let trained = train(&layout, scratch);
+    if trained.is_err() {
+        let _ = std::fs::remove_file(&layout.binary);
+    }
+    let written = trained?;
+    eprintln!("pgo: {written} profile file(s) written");
+
+    eprintln!("pgo 3/3: the optimized build (cargo pgo optimize build) ...");
+    cargo_pgo(root, &["optimize", "build"], &profiles)?;
+    if is_instrumented(&layout.binary)? {
+        bail!(
+            "{} is still the instrumented build",
+            layout.binary.display()
+        );
+    }
+    Ok(layout.binary)
+}
+
+/// Runs the training against the instrumented build; returns how many profile files it left.
+fn train(layout: &Layout, scratch: &Path) -> Result<usize> {
     let programs = Programs::find(layout.binary.clone(), None);
     for (method, request_size, response_size) in passes() {
         let settings = training_settings(method, request_size, response_size);
@@ -150,11 +172,17 @@ pub fn build(root: &Path, target_dir: &Path, scratch: &Path) -> Result<PathBuf> 
             layout.profiles.display()
         );
     }
-    eprintln!("pgo: {written} profile file(s) written");
+    Ok(written)
+}
 
-    eprintln!("pgo 3/3: the optimized build (cargo pgo optimize build) ...");
-    cargo_pgo(root, &["optimize", "build"], &profiles)?;
-    Ok(layout.binary)
+/// Whether `bin` carries LLVM's profile counters (an instrumented build).
+pub fn is_instrumented(bin: &Path) -> Result<bool> {
+    let bytes = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+    Ok(contains(&bytes, b"__llvm_prf_cnts"))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The optimized binary of an earlier `pgo` run, if there is one.
@@ -163,6 +191,12 @@ pub fn built(target_dir: &Path) -> Result<PathBuf> {
     if !layout.binary.is_file() {
         bail!(
             "{} does not exist: build it with `cargo run --release -p tern-benches -- pgo`",
+            layout.binary.display()
+        );
+    }
+    if is_instrumented(&layout.binary)? {
+        bail!(
+            "{} is the instrumented build of an unfinished `pgo` run: run `cargo run --release -p tern-benches -- pgo` again",
             layout.binary.display()
         );
     }
@@ -254,6 +288,13 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instrumented_build_is_told_apart() {
+        assert!(contains(b"..\0__llvm_prf_cnts\0..", b"__llvm_prf_cnts"));
+        assert!(!contains(b"__llvm_prf_data", b"__llvm_prf_cnts"));
+        assert!(!contains(b"", b"__llvm_prf_cnts"));
+    }
 
     #[test]
     fn the_host_triple_comes_from_rustcs_verbose_version() {
