@@ -174,8 +174,8 @@ struct InstructionsArgs {
 
 #[derive(Args)]
 struct PairedArgs {
-    /// The targets, two or more (no `direct`).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![TargetName::Relay, TargetName::Tern, TargetName::Nginx])]
+    /// The targets (with `direct`, the others' latency is also shown over its, cycle by cycle).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![TargetName::Direct, TargetName::Relay, TargetName::Tern, TargetName::Nginx])]
     targets: Vec<TargetName>,
     /// Every target runs over each (`h1,h2`: Tern over HTTP/1.1 against Tern over h2c too).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Protocol::Http1])]

@@ -278,6 +278,26 @@ pub fn pairs(o: &Outcome, subject: Runner) -> Vec<Pair> {
         .collect()
 }
 
+/// `runner`'s latency over `direct`'s on the same protocol, cycle by cycle: the medians of
+/// the per-cycle differences (p50, p99), when `direct` is one of the runners.
+pub fn added_over_direct(o: &Outcome, runner: Runner) -> Option<(f64, f64)> {
+    let direct = Runner {
+        target: TargetName::Direct,
+        protocol: runner.protocol,
+    };
+    let at = |r: Runner, cycle: usize| {
+        o.windows
+            .iter()
+            .find(|w| w.runner == r && w.cycle == cycle && w.failures == 0)
+    };
+    let both: Vec<(&Window, &Window)> = (1..=o.settings.cycles)
+        .filter_map(|c| at(runner, c).zip(at(direct, c)))
+        .collect();
+    median(both.iter().map(|(a, d)| a.p50_us - d.p50_us).collect()).zip(median(
+        both.iter().map(|(a, d)| a.p99_us - d.p99_us).collect(),
+    ))
+}
+
 pub fn markdown(o: &Outcome) -> String {
     use std::fmt::Write as _;
     let s = &o.settings;
@@ -339,6 +359,22 @@ pub fn markdown(o: &Outcome) -> String {
         }
         md.push('\n');
     }
+    let added: Vec<(Runner, (f64, f64))> = s
+        .runners()
+        .into_iter()
+        .filter(|r| r.target != TargetName::Direct)
+        .filter_map(|r| added_over_direct(o, r).map(|a| (r, a)))
+        .collect();
+    if !added.is_empty() {
+        let _ = writeln!(
+            md,
+            "Added latency over `direct` on the same protocol, cycle by cycle (medians of the per-cycle differences, µs):\n\n| target | added p50 | added p99 |\n|---|--:|--:|"
+        );
+        for (r, (p50, p99)) in added {
+            let _ = writeln!(md, "| {r} | {p50:+.0} | {p99:+.0} |");
+        }
+        md.push('\n');
+    }
     md
 }
 
@@ -348,9 +384,6 @@ pub fn check(settings: &Settings) -> Result<()> {
         bail!(
             "paired needs two runners or more: two targets (--targets tern,nginx), or one over two protocols (--protocols h1,h2)"
         );
-    }
-    if let Some(t) = settings.targets.iter().find(|t| **t == TargetName::Direct) {
-        bail!("{t} has no proxy CPU to compare: leave it out");
     }
     if !(settings.rate.is_finite() && settings.rate > 0.0) {
         bail!("--rate must be a positive number of requests per second");
@@ -440,7 +473,40 @@ mod tests {
         assert_eq!(rows[1].cpu_us, Some(47.0));
         let md = markdown(&o);
         assert!(md.contains("| nginx | 0.92× | 2 of 3 | -3 | -6 |"), "{md}");
+        assert!(!md.contains("Added latency over `direct`"), "{md}");
         assert!(md.contains("| tern | 41.0 | 119 | 238 | !! 3 |"), "{md}");
+    }
+
+    #[test]
+    fn added_latency_is_paired_with_direct_in_the_same_cycle() {
+        use TargetName::{Direct, Tern};
+        // direct drifts 100 → 150 → 105; Tern sits 20-30 µs over it in each cycle.
+        let mut windows = vec![
+            w(Direct, 1, 0.0, 100.0),
+            w(Tern, 1, 40.0, 120.0),
+            w(Direct, 2, 0.0, 150.0),
+            w(Tern, 2, 45.0, 180.0),
+            w(Direct, 3, 0.0, 105.0),
+            w(Tern, 3, 41.0, 130.0),
+        ];
+        for d in windows.iter_mut().filter(|w| w.runner.target == Direct) {
+            d.cpu_us_per_request = None;
+        }
+        let o = Outcome {
+            settings: settings(vec![Direct, Tern], 3),
+            windows,
+            seconds: 1.0,
+        };
+        let tern = Runner {
+            target: Tern,
+            protocol: Protocol::Http1,
+        };
+        // p50 differences 20, 30, 25; p99 (2 × p50) 40, 60, 50.
+        assert_eq!(added_over_direct(&o, tern), Some((25.0, 50.0)));
+        let md = markdown(&o);
+        assert!(md.contains("| tern | +25 | +50 |"), "{md}");
+        // direct has no proxy CPU: no ratio against it.
+        assert!(md.contains("| direct | – | 0 of 0 |"), "{md}");
     }
 
     #[test]
@@ -458,7 +524,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["tern", "tern (h2c)"]
         );
-        assert!(check(&settings(vec![Tern, Direct], 5)).is_err());
+        // `direct` is a runner (for the added latency), with no CPU of a proxy.
+        assert!(check(&settings(vec![Tern, Direct], 5)).is_ok());
         let mut s = settings(vec![Tern, Nginx], 5);
         assert!(check(&s).is_ok());
         s.rate = 0.0;
