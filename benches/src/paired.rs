@@ -249,20 +249,25 @@ pub fn subject(settings: &Settings) -> Option<Runner> {
         .find(|r| r.target == TargetName::Tern)
 }
 
-pub fn pairs(o: &Outcome, subject: Runner) -> Vec<Pair> {
+/// The windows of `a` and `b` in every cycle where both ran without failures.
+fn cycles_of(o: &Outcome, a: Runner, b: Runner) -> Vec<(&Window, &Window)> {
     let at = |r: Runner, cycle: usize| {
         o.windows
             .iter()
             .find(|w| w.runner == r && w.cycle == cycle && w.failures == 0)
     };
+    (1..=o.settings.cycles)
+        .filter_map(|c| at(a, c).zip(at(b, c)))
+        .collect()
+}
+
+pub fn pairs(o: &Outcome, subject: Runner) -> Vec<Pair> {
     o.settings
         .runners()
         .into_iter()
         .filter(|&r| r != subject)
         .map(|other| {
-            let both: Vec<(&Window, &Window)> = (1..=o.settings.cycles)
-                .filter_map(|c| at(subject, c).zip(at(other, c)))
-                .collect();
+            let both = cycles_of(o, subject, other);
             let cpu: Vec<(f64, f64)> = both
                 .iter()
                 .filter_map(|(a, b)| a.cpu_us_per_request.zip(b.cpu_us_per_request))
@@ -285,14 +290,7 @@ pub fn added_over_direct(o: &Outcome, runner: Runner) -> Option<(f64, f64)> {
         target: TargetName::Direct,
         protocol: runner.protocol,
     };
-    let at = |r: Runner, cycle: usize| {
-        o.windows
-            .iter()
-            .find(|w| w.runner == r && w.cycle == cycle && w.failures == 0)
-    };
-    let both: Vec<(&Window, &Window)> = (1..=o.settings.cycles)
-        .filter_map(|c| at(runner, c).zip(at(direct, c)))
-        .collect();
+    let both = cycles_of(o, runner, direct);
     median(both.iter().map(|(a, d)| a.p50_us - d.p50_us).collect()).zip(median(
         both.iter().map(|(a, d)| a.p99_us - d.p99_us).collect(),
     ))
