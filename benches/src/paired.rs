@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::compare::{self, PhaseResult};
 use crate::loadgen::{Budget, Pace, Protocol, Spec};
-use crate::report::median;
+use crate::report::{median, num, signed};
 use crate::targets::{self, Programs, Running, Setup, TargetName};
 
 #[derive(Debug, Clone, Serialize)]
@@ -317,7 +317,6 @@ pub fn markdown(o: &Outcome) -> String {
         s.settle,
         o.seconds
     );
-    let num = |x: Option<f64>, d: usize| x.map_or_else(|| "–".to_owned(), |v| format!("{v:.d$}"));
     let _ = writeln!(
         md,
         "| target | CPU µs/req | p50 µs | p99 µs | failed requests |\n|---|--:|--:|--:|--:|"
@@ -349,10 +348,8 @@ pub fn markdown(o: &Outcome) -> String {
                     .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×")),
                 p.at_most.0,
                 p.at_most.1,
-                p.p50_delta
-                    .map_or_else(|| "–".to_owned(), |d| format!("{d:+.0}")),
-                p.p99_delta
-                    .map_or_else(|| "–".to_owned(), |d| format!("{d:+.0}")),
+                signed(p.p50_delta),
+                signed(p.p99_delta),
             );
         }
         md.push('\n');
@@ -423,6 +420,14 @@ mod tests {
         }
     }
 
+    fn outcome(targets: Vec<TargetName>, cycles: usize, windows: Vec<Window>) -> Outcome {
+        Outcome {
+            settings: settings(targets, cycles),
+            windows,
+            seconds: 1.0,
+        }
+    }
+
     #[test]
     fn turns_rotate_every_cycle() {
         let of = |c| order(3, c).collect::<Vec<_>>();
@@ -451,11 +456,7 @@ mod tests {
             ..w(Tern, 4, 10.0, 100.0)
         });
         windows.push(w(Nginx, 4, 50.0, 100.0));
-        let o = Outcome {
-            settings: settings(vec![Tern, Nginx], 4),
-            windows,
-            seconds: 1.0,
-        };
+        let o = outcome(vec![Tern, Nginx], 4, windows);
         let tern = subject(&o.settings).unwrap_or_else(|| panic!("no subject"));
         assert_eq!(tern.target, Tern);
         let p = pairs(&o, tern);
@@ -490,11 +491,7 @@ mod tests {
         for d in windows.iter_mut().filter(|w| w.runner.target == Direct) {
             d.cpu_us_per_request = None;
         }
-        let o = Outcome {
-            settings: settings(vec![Direct, Tern], 3),
-            windows,
-            seconds: 1.0,
-        };
+        let o = outcome(vec![Direct, Tern], 3, windows);
         let tern = Runner {
             target: Tern,
             protocol: Protocol::Http1,

@@ -625,11 +625,13 @@ fn flag(ok: bool, text: String) -> String {
     if ok { text } else { format!("!! {text}") }
 }
 
-fn num(x: Option<f64>, decimals: usize) -> String {
+/// A figure with `decimals` places, or "–" when there is none.
+pub fn num(x: Option<f64>, decimals: usize) -> String {
     x.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
-fn signed(x: Option<f64>) -> String {
+/// A difference in whole units with its sign, or "–".
+pub fn signed(x: Option<f64>) -> String {
     x.map_or_else(|| "–".to_owned(), |v| format!("{v:+.0}"))
 }
 
