@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::loadgen::{self, Budget, Edge, Endpoint, Pace, Protocol, Spec};
-use crate::measure::CpuSnapshot;
+use crate::measure::{self, CpuSnapshot};
 use crate::targets::process::{Proc, StopBy, free_addr, probe_ok, wait_ready};
 use crate::targets::{self, Programs, Running, Setup, Target, TargetName};
 
@@ -80,6 +80,12 @@ pub struct PhaseResult {
     pub proxy_cpu_percent: Option<f64>,
     pub backend_cpu_us_per_request: f64,
     pub backend_cpu_percent: f64,
+    /// Time the proxy's threads were runnable but waiting for a CPU in the window (ms,
+    /// summed over threads; schedstat's second field). `None` when a thread came or went.
+    pub proxy_wait_ms: Option<f64>,
+    /// Time the hypervisor stole from each CPU in the window (ms, by CPU number; ticks of
+    /// 10 ms).
+    pub steal_ms: Vec<f64>,
 }
 
 /// One target over one protocol in one round.
@@ -424,16 +430,26 @@ pub fn measure_phase(
     let backend_pids = [backend.pid()];
     let mut proxy = (None, None);
     let mut back = (None, None);
+    let mut steal = (Vec::new(), Vec::new());
     let load = loadgen::run(spec, |edge| match edge {
         Edge::Start => {
             proxy.0 = Some(CpuSnapshot::take(&proxy_pids));
             back.0 = Some(CpuSnapshot::take(&backend_pids));
+            steal.0 = measure::steal_ticks().unwrap_or_default();
         }
         Edge::End => {
             proxy.1 = Some(CpuSnapshot::take(&proxy_pids));
             back.1 = Some(CpuSnapshot::take(&backend_pids));
+            steal.1 = measure::steal_ticks().unwrap_or_default();
         }
     })?;
+    let tick_ms = 1e3 / measure::clock_ticks_per_sec() as f64;
+    let steal_ms = steal
+        .1
+        .iter()
+        .zip(&steal.0)
+        .map(|(end, start)| end.saturating_sub(*start) as f64 * tick_ms)
+        .collect();
     let secs = |pair: &(Option<CpuSnapshot>, Option<CpuSnapshot>)| match pair {
         (Some(a), Some(b)) => a.cpu_secs_until(b),
         _ => 0.0,
@@ -451,6 +467,11 @@ pub fn measure_phase(
         proxy_cpu_percent: has_proxy.then(|| 100.0 * proxy_secs / window),
         backend_cpu_us_per_request: backend_secs * 1e6 / completed,
         backend_cpu_percent: 100.0 * backend_secs / window,
+        proxy_wait_ms: match &proxy {
+            (Some(a), Some(b)) if has_proxy => a.wait_secs_until(b).map(|s| s * 1e3),
+            _ => None,
+        },
+        steal_ms,
         load,
     })
 }

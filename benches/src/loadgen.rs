@@ -217,6 +217,10 @@ pub struct Report {
     pub latency_us: Percentiles,
     /// Open loop: how late the pacer released requests (generator health).
     pub send_lag_us: Percentiles,
+    /// Open loop: the worst latency of the requests scheduled in each `SLICE` of the window,
+    /// in order (µs; 0 where none completed). Tells one stall from a tail spread over the
+    /// window.
+    pub slice_max_us: Vec<f64>,
     /// Response body bytes per completed response (sanity: the configured size).
     pub response_bytes_per_request: f64,
     /// CPU the generator's process used during the window, in % of one core.
@@ -246,8 +250,13 @@ struct Stats {
     body_bytes: u64,
     latency: Histogram<u64>,
     send_lag: Histogram<u64>,
+    /// Worst latency (ns) per `SLICE` of the window, open loop.
+    slice_max_ns: Vec<u64>,
     first_error: Option<String>,
 }
+
+/// The width of `Report::slice_max_us`'s slices.
+pub const SLICE: Duration = Duration::from_millis(100);
 
 impl Stats {
     fn new() -> Result<Stats> {
@@ -262,6 +271,7 @@ impl Stats {
             body_bytes: 0,
             latency: h()?,
             send_lag: h()?,
+            slice_max_ns: Vec::new(),
             first_error: None,
         })
     }
@@ -520,6 +530,16 @@ impl Lane {
                     let ns =
                         u64::try_from(done.duration_since(from).as_nanos()).unwrap_or(u64::MAX);
                     stats.latency.saturating_record(ns.max(1));
+                    if let Some(t) = intended {
+                        let slice = t.saturating_duration_since(self.window.start).as_nanos()
+                            / SLICE.as_nanos();
+                        if let Some(worst) = usize::try_from(slice)
+                            .ok()
+                            .and_then(|i| stats.slice_max_ns.get_mut(i))
+                        {
+                            *worst = (*worst).max(ns);
+                        }
+                    }
                 }
                 true
             }
@@ -778,6 +798,10 @@ async fn run_inner(spec: &Spec, on_edge: &mut impl FnMut(Edge)) -> Result<Report
         Budget::Requests(n) => Some(Rc::new(Cell::new(n))),
         Budget::Timed { .. } => None,
     };
+    if let (Pace::Open { .. }, Budget::Timed { measure, .. }) = (spec.pace, spec.budget) {
+        let slices = measure.as_nanos().div_ceil(SLICE.as_nanos());
+        stats.borrow_mut().slice_max_ns = vec![0; usize::try_from(slices).unwrap_or(0)];
+    }
 
     let mut lanes = Vec::with_capacity(clients.len());
     let mut schedules = Vec::new();
@@ -851,6 +875,11 @@ async fn run_inner(spec: &Spec, on_edge: &mut impl FnMut(Edge)) -> Result<Report
         },
         latency_us: Percentiles::of(&stats.latency),
         send_lag_us: Percentiles::of(&stats.send_lag),
+        slice_max_us: stats
+            .slice_max_ns
+            .iter()
+            .map(|&ns| ns as f64 / 1e3)
+            .collect(),
         response_bytes_per_request: if completed > 0 {
             stats.body_bytes as f64 / completed as f64
         } else {
@@ -941,6 +970,7 @@ pub(crate) mod tests {
             assert_eq!((r.ok, r.failures()), (300, 0), "{protocol:?}: {r:?}");
             assert_eq!(r.latency_us.count, 300);
             assert!((r.response_bytes_per_request - 1024.0).abs() < 1e-9);
+            assert!(r.slice_max_us.is_empty(), "no time slices in a closed loop");
         }
         Ok(())
     }
@@ -963,6 +993,14 @@ pub(crate) mod tests {
         // 500 requests are scheduled in the window; allow for the edges.
         assert!((480..=520).contains(&r.latency_us.count), "{r:?}");
         assert!(r.send_lag_us.count > 0);
+        // Five 100 ms slices, each with requests, the worst of them the window's worst.
+        assert_eq!(r.slice_max_us.len(), 5, "{r:?}");
+        assert!(r.slice_max_us.iter().all(|&us| us > 0.0), "{r:?}");
+        let worst = r.slice_max_us.iter().copied().fold(0.0, f64::max);
+        assert!(
+            (worst - r.latency_us.max).abs() <= r.latency_us.max * 0.002,
+            "{r:?}"
+        );
         Ok(())
     }
 

@@ -1,5 +1,6 @@
-//! Readings from /proc: CPU time (utime + stime), peak RSS (VmHWM), process trees, listening
-//! sockets, and the machine facts a result is only worth anything next to.
+//! Readings from /proc: CPU time (schedstat, or utime + stime), run-queue waits, stolen time,
+//! peak RSS (VmHWM), process trees, listening sockets, and the machine facts a result is only
+//! worth anything next to.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -89,9 +90,17 @@ pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
         .with_context(|| format!("{path}: VmHWM {line:?} is not a number"))
 }
 
-/// Nanoseconds each live thread of `pid` has run, from /proc/PID/task/TID/schedstat (its
-/// first field: the scheduler's own exact count, user and kernel time together).
-pub fn thread_runtimes_ns(pid: u32) -> Result<Vec<(u32, u64)>> {
+/// One thread's line of /proc/PID/task/TID/schedstat: the scheduler's own exact counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SchedStat {
+    /// Time it ran (user and kernel together), ns.
+    pub run_ns: u64,
+    /// Time it waited on a run queue, runnable but not running, ns.
+    pub wait_ns: u64,
+}
+
+/// The schedstat of each live thread of `pid`.
+pub fn thread_schedstats(pid: u32) -> Result<Vec<(u32, SchedStat)>> {
     let dir = format!("/proc/{pid}/task");
     let mut out = Vec::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
@@ -107,16 +116,51 @@ pub fn thread_runtimes_ns(pid: u32) -> Result<Vec<(u32, u64)>> {
         let Ok(text) = fs::read_to_string(entry.path().join("schedstat")) else {
             continue;
         };
-        if let Some(ns) = parse_schedstat(&text) {
-            out.push((tid, ns));
+        if let Some(stat) = parse_schedstat(&text) {
+            out.push((tid, stat));
         }
     }
     Ok(out)
 }
 
-/// The run time (ns) in a schedstat line: "run_ns wait_ns timeslices".
-pub fn parse_schedstat(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
+/// A schedstat line: "run_ns wait_ns timeslices".
+pub fn parse_schedstat(text: &str) -> Option<SchedStat> {
+    let mut f = text.split_whitespace().map(|n| n.parse::<u64>().ok());
+    Some(SchedStat {
+        run_ns: f.next()??,
+        wait_ns: f.next()??,
+    })
+}
+
+/// Ticks (USER_HZ) the hypervisor stole from each CPU, by CPU number: the `steal` column of
+/// the `cpuN` lines of /proc/stat. Time stolen inside a window is time no process of ours
+/// could run, however idle the guest looked.
+pub fn steal_ticks() -> Result<Vec<u64>> {
+    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    Ok(parse_steal(&text))
+}
+
+fn parse_steal(stat: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for line in stat.lines() {
+        let mut f = line.split_whitespace();
+        let Some(cpu) = f
+            .next()
+            .and_then(|name| name.strip_prefix("cpu"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        // user nice system idle iowait irq softirq steal
+        let steal = f.nth(7).and_then(|n| n.parse().ok()).unwrap_or(0);
+        if out.len() <= cpu {
+            out.resize(cpu + 1, 0);
+        }
+        if let Some(slot) = out.get_mut(cpu) {
+            *slot = steal;
+        }
+    }
+    out
 }
 
 /// CPU time of a set of processes at one instant.
@@ -125,8 +169,8 @@ pub struct CpuSnapshot {
     pub at: Instant,
     /// utime + stime, clock ticks (10 ms each): whole processes, exited threads included.
     pub ticks: u64,
-    /// Run time per live thread, ns; `None` where schedstat cannot be read.
-    pub threads_ns: Option<BTreeMap<u32, u64>>,
+    /// Schedstat per live thread; `None` where schedstat cannot be read.
+    pub threads: Option<BTreeMap<u32, SchedStat>>,
 }
 
 impl CpuSnapshot {
@@ -134,17 +178,33 @@ impl CpuSnapshot {
     /// caller notices a dead target through its own health checks.
     pub fn take(pids: &[u32]) -> CpuSnapshot {
         let ticks = pids.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).sum();
-        let threads_ns = pids
+        let threads = pids
             .iter()
-            .map(|&p| thread_runtimes_ns(p))
+            .map(|&p| thread_schedstats(p))
             .collect::<Result<Vec<_>>>()
             .ok()
             .map(|per_pid| per_pid.into_iter().flatten().collect());
         CpuSnapshot {
             at: Instant::now(),
             ticks,
-            threads_ns,
+            threads,
         }
+    }
+
+    /// The threads' schedstat growth from `self` to `end`, when every thread of the start is
+    /// still there at the end (a thread that exited took its counts with it).
+    fn threads_until(&self, end: &CpuSnapshot) -> Option<SchedStat> {
+        let (a, b) = (self.threads.as_ref()?, end.threads.as_ref()?);
+        if !a.keys().all(|tid| b.contains_key(tid)) {
+            return None;
+        }
+        Some(b.iter().fold(SchedStat::default(), |sum, (tid, now)| {
+            let was = a.get(tid).copied().unwrap_or_default();
+            SchedStat {
+                run_ns: sum.run_ns + now.run_ns.saturating_sub(was.run_ns),
+                wait_ns: sum.wait_ns + now.wait_ns.saturating_sub(was.wait_ns),
+            }
+        }))
     }
 
     /// Seconds of CPU used between `self` and the later `end`. From the threads' exact run
@@ -152,16 +212,16 @@ impl CpuSnapshot {
     /// 2,000 req/s in a 2 s window that is 2.5 µs per request), from the ticks otherwise (a
     /// thread that exited took its run time with it).
     pub fn cpu_secs_until(&self, end: &CpuSnapshot) -> f64 {
-        if let (Some(a), Some(b)) = (&self.threads_ns, &end.threads_ns)
-            && a.keys().all(|tid| b.contains_key(tid))
-        {
-            let ns: u64 = b
-                .iter()
-                .map(|(tid, &ns)| ns.saturating_sub(a.get(tid).copied().unwrap_or(0)))
-                .sum();
-            return ns as f64 / 1e9;
+        match self.threads_until(end) {
+            Some(s) => s.run_ns as f64 / 1e9,
+            None => end.ticks.saturating_sub(self.ticks) as f64 / clock_ticks_per_sec() as f64,
         }
-        end.ticks.saturating_sub(self.ticks) as f64 / clock_ticks_per_sec() as f64
+    }
+
+    /// Seconds the threads spent runnable but waiting for a CPU between `self` and `end`
+    /// (summed over threads); `None` when a thread of the start has gone.
+    pub fn wait_secs_until(&self, end: &CpuSnapshot) -> Option<f64> {
+        self.threads_until(end).map(|s| s.wait_ns as f64 / 1e9)
     }
 }
 
@@ -266,7 +326,10 @@ mod tests {
     fn cpu_time_is_counted_per_thread_in_nanoseconds() -> Result<()> {
         assert_eq!(
             parse_schedstat("168501150 17388702 391\n"),
-            Some(168_501_150)
+            Some(SchedStat {
+                run_ns: 168_501_150,
+                wait_ns: 17_388_702
+            })
         );
         assert_eq!(parse_schedstat(""), None);
         let (me, tid) = (
@@ -274,9 +337,9 @@ mod tests {
             nix::unistd::gettid().as_raw().unsigned_abs(),
         );
         let mine = || -> Result<u64> {
-            thread_runtimes_ns(me)?
+            thread_schedstats(me)?
                 .into_iter()
-                .find_map(|(t, ns)| (t == tid).then_some(ns))
+                .find_map(|(t, s)| (t == tid).then_some(s.run_ns))
                 .context("this thread is not listed")
         };
         let thread_cpu = || -> Result<std::time::Duration> {
@@ -305,16 +368,41 @@ mod tests {
         let snap = |ticks, threads: &[(u32, u64)]| CpuSnapshot {
             at: Instant::now(),
             ticks,
-            threads_ns: Some(threads.iter().copied().collect()),
+            threads: Some(
+                threads
+                    .iter()
+                    .map(|&(tid, ns)| {
+                        let s = SchedStat {
+                            run_ns: ns,
+                            wait_ns: ns / 10,
+                        };
+                        (tid, s)
+                    })
+                    .collect(),
+            ),
         };
         let start = snap(10, &[(1, 1_000_000), (2, 5_000_000)]);
         // Thread 3 started in between: all of its time is new.
         let end = snap(12, &[(1, 4_000_000), (2, 5_500_000), (3, 250_000)]);
         assert!((start.cpu_secs_until(&end) - 0.00375).abs() < 1e-12);
+        let waited = start.wait_secs_until(&end).unwrap_or(f64::NAN);
+        assert!((waited - 0.000375).abs() < 1e-12, "{waited}");
         // Thread 2 exited: its time is gone from the threads, so the ticks decide.
         let end = snap(12, &[(1, 4_000_000)]);
         let by_ticks = 2.0 / clock_ticks_per_sec() as f64;
         assert!((start.cpu_secs_until(&end) - by_ticks).abs() < 1e-12);
+        assert_eq!(start.wait_secs_until(&end), None);
+    }
+
+    #[test]
+    fn steal_per_cpu() -> Result<()> {
+        let stat = "cpu  446377 0 193491 2193408 1581 0 101061 4199 0 0\n\
+                    cpu0 180395 0 67728 1170649 540 0 33176 2304 0 0\n\
+                    cpu1 265981 0 125763 1022759 1040 0 67884 1895 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(parse_steal(stat), vec![2304, 1895]);
+        assert!(!steal_ticks()?.is_empty());
+        Ok(())
     }
 
     #[test]

@@ -78,6 +78,15 @@ pub struct Window {
     pub p50_us: f64,
     pub p99_us: f64,
     pub failures: u64,
+    /// What the tail is made of: the window's worst latency, and the worst per 100 ms slice.
+    pub max_us: f64,
+    pub slice_max_us: Vec<f64>,
+    /// How late the generator's pacer was at worst (its own stalls, not the target's).
+    pub send_lag_max_us: f64,
+    /// The proxy's threads runnable but not running (ms).
+    pub proxy_wait_ms: Option<f64>,
+    /// Stolen by the hypervisor, per CPU (ms).
+    pub steal_ms: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,6 +191,11 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
                     p50_us: phase.load.latency_us.p50,
                     p99_us: phase.load.latency_us.p99,
                     failures: phase.load.failures(),
+                    max_us: phase.load.latency_us.max,
+                    slice_max_us: phase.load.slice_max_us.clone(),
+                    send_lag_max_us: phase.load.send_lag_us.max,
+                    proxy_wait_ms: phase.proxy_wait_ms,
+                    steal_ms: phase.steal_ms.clone(),
                 });
             }
             backend.check_alive().context("the backend died")?;
@@ -296,6 +310,56 @@ pub fn added_over_direct(o: &Outcome, runner: Runner) -> Option<(f64, f64)> {
     ))
 }
 
+/// Windows whose p99 is far over their runner's usual one: over twice its median p99 and
+/// over it by 100 µs or more. These make a median of p99s move between runs.
+pub fn tail_windows(o: &Outcome) -> Vec<&Window> {
+    let typical: Vec<(Runner, f64)> = rows(o)
+        .into_iter()
+        .filter_map(|r| r.p99_us.map(|p99| (r.runner, p99)))
+        .collect();
+    o.windows
+        .iter()
+        .filter(|w| {
+            typical
+                .iter()
+                .any(|&(r, p99)| r == w.runner && w.p99_us > 2.0 * p99 && w.p99_us >= p99 + 100.0)
+        })
+        .collect()
+}
+
+/// Where a window's worst slices were: how many 100 ms slices had a request over 1 ms, and
+/// the worst of them ("3 × > 1 ms, worst 23.1 ms at 0.7 s").
+fn stalls(w: &Window) -> String {
+    let over = w.slice_max_us.iter().filter(|&&us| us > 1_000.0).count();
+    let worst = w
+        .slice_max_us
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1));
+    match worst {
+        Some((i, &us)) if over > 0 => {
+            let at = (i as f64 + 0.5) * crate::loadgen::SLICE.as_secs_f64();
+            format!("{over} × > 1 ms, worst {:.1} ms at {at:.2} s", us / 1e3)
+        }
+        _ => "none".to_owned(),
+    }
+}
+
+/// `runner`'s median p99 over its windows with and without time stolen from a CPU, and how
+/// many windows each: does the hypervisor explain the tail?
+pub fn by_steal(o: &Outcome, runner: Runner) -> [(Option<f64>, usize); 2] {
+    let mine = || o.windows.iter().filter(move |w| w.runner == runner);
+    let stolen = |w: &&Window| w.steal_ms.iter().any(|&ms| ms > 0.0);
+    let of = |v: Vec<f64>| {
+        let n = v.len();
+        (median(v), n)
+    };
+    [
+        of(mine().filter(stolen).map(|w| w.p99_us).collect()),
+        of(mine().filter(|w| !stolen(w)).map(|w| w.p99_us).collect()),
+    ]
+}
+
 pub fn markdown(o: &Outcome) -> String {
     use std::fmt::Write as _;
     let s = &o.settings;
@@ -370,6 +434,47 @@ pub fn markdown(o: &Outcome) -> String {
         }
         md.push('\n');
     }
+    let _ = writeln!(
+        md,
+        "p99 of the windows in which the hypervisor stole time from a CPU, against the others (medians, µs):\n\n| target | with steal | without |\n|---|--:|--:|"
+    );
+    for r in s.runners() {
+        let [(with, n_with), (without, n_without)] = by_steal(o, r);
+        let _ = writeln!(
+            md,
+            "| {r} | {} ({n_with}) | {} ({n_without}) |",
+            num(with, 0),
+            num(without, 0)
+        );
+    }
+    md.push('\n');
+    let tails = tail_windows(o);
+    if tails.is_empty() {
+        md.push_str("No window's p99 was over twice its target's median p99.\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "Windows whose p99 was over twice their target's median p99 (and 100 µs over it):\n\n| target | cycle | p99 µs | max µs | 100 ms slices with a request over 1 ms | generator's worst lag µs | proxy's run-queue wait ms | stolen ms per CPU |\n|---|--:|--:|--:|---|--:|--:|---|"
+        );
+        for w in tails {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {} | {:.0} | {} | {} |",
+                w.runner,
+                w.cycle,
+                w.p99_us,
+                w.max_us,
+                stalls(w),
+                w.send_lag_max_us,
+                num(w.proxy_wait_ms, 1),
+                w.steal_ms
+                    .iter()
+                    .map(|ms| format!("{ms:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
+        }
+    }
     md
 }
 
@@ -401,6 +506,11 @@ mod tests {
             p50_us: p50,
             p99_us: 2.0 * p50,
             failures: 0,
+            max_us: 4.0 * p50,
+            slice_max_us: vec![4.0 * p50; 20],
+            send_lag_max_us: 5.0,
+            proxy_wait_ms: Some(1.0),
+            steal_ms: vec![0.0, 0.0],
         }
     }
 
@@ -502,6 +612,46 @@ mod tests {
         assert!(md.contains("| tern | +25 | +50 |"), "{md}");
         // direct has no proxy CPU: no ratio against it.
         assert!(md.contains("| direct | – | 0 of 0 |"), "{md}");
+    }
+
+    #[test]
+    fn tail_windows_are_shown_with_what_the_host_did() {
+        use TargetName::{Nginx, Tern};
+        let mut bad = w(Tern, 3, 40.0, 120.0);
+        bad.p99_us = 900.0;
+        bad.max_us = 23_100.0;
+        bad.slice_max_us[7] = 23_100.0;
+        bad.slice_max_us[8] = 4_000.0;
+        bad.steal_ms = vec![0.0, 20.0];
+        let windows = vec![
+            w(Tern, 1, 40.0, 120.0),
+            w(Nginx, 1, 44.0, 125.0),
+            w(Tern, 2, 41.0, 118.0),
+            w(Nginx, 2, 45.0, 126.0),
+            bad,
+            // Not over twice nginx's median p99 (252 µs): not a tail.
+            Window {
+                p99_us: 340.0,
+                ..w(Nginx, 3, 44.0, 125.0)
+            },
+        ];
+        let o = outcome(vec![Tern, Nginx], 3, windows);
+        let tails = tail_windows(&o);
+        assert_eq!(tails.len(), 1);
+        assert_eq!((tails[0].runner.target, tails[0].cycle), (Tern, 3));
+        assert_eq!(stalls(tails[0]), "2 × > 1 ms, worst 23.1 ms at 0.75 s");
+        let tern = Runner {
+            target: Tern,
+            protocol: Protocol::Http1,
+        };
+        assert_eq!(by_steal(&o, tern), [(Some(900.0), 1), (Some(238.0), 2)]);
+        let md = markdown(&o);
+        assert!(
+            md.contains("| tern | 3 | 900 | 23100 | 2 × > 1 ms, worst 23.1 ms at 0.75 s | 5 | 1.0 | 0 / 20 |"),
+            "{md}"
+        );
+        assert!(md.contains("| tern | 900 (1) | 238 (2) |"), "{md}");
+        assert!(md.contains("| nginx | – (0) | 252 (3) |"), "{md}");
     }
 
     #[test]

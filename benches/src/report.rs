@@ -1095,6 +1095,7 @@ mod tests {
                 count: ok + non_2xx,
             },
             send_lag_us: Percentiles::default(),
+            slice_max_us: Vec::new(),
             response_bytes_per_request: 1024.0,
             generator_cpu_percent: 50.0,
             first_error: (non_2xx > 0).then(|| "status 502 Bad Gateway".to_owned()),
@@ -1118,6 +1119,8 @@ mod tests {
                     proxy_cpu_percent: None,
                     backend_cpu_us_per_request: 10.0,
                     backend_cpu_percent: 50.0,
+                    proxy_wait_ms: None,
+                    steal_ms: Vec::new(),
                 })
                 .collect(),
             peak_rss_kib: vec![("p".to_owned(), 8 * 1024)],
