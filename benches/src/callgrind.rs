@@ -186,6 +186,7 @@ fn one_run(
             request_body: 0,
             timeout: Duration::from_secs(60),
             grace: Duration::ZERO,
+            spin: false,
         };
         let report = loadgen::run(&spec, |_| {})?;
         if report.failures() > 0 || report.ok != requests {

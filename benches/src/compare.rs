@@ -50,6 +50,8 @@ pub struct Settings {
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// Open loop: the generator spins instead of sleeping between sends (`Spec::spin`).
+    pub spin: bool,
     pub method: String,
     pub request_size: usize,
     pub response_size: usize,
@@ -393,6 +395,7 @@ fn phases(
             request_body: settings.request_size,
             timeout: settings.timeout,
             grace: settings.grace,
+            spin: settings.spin,
         };
         let phase = measure_phase(&spec, rate, running, backend)?;
         let l = &phase.load;

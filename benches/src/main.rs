@@ -122,6 +122,11 @@ struct CompareArgs {
     request_size: usize,
     #[arg(long, default_value = "GET")]
     method: String,
+    /// Open loop: sleep on a timer between sends instead of spinning (the default spins: on
+    /// a VM a sleeping generator's timer interrupt now and then arrives milliseconds late,
+    /// and the requests behind it are charged to the target).
+    #[arg(long)]
+    no_spin: bool,
     /// Do not pin the generator and the targets to separate CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -199,6 +204,11 @@ struct PairedArgs {
     response_size: usize,
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Open loop: sleep on a timer between sends instead of spinning (the default spins: on
+    /// a VM a sleeping generator's timer interrupt now and then arrives milliseconds late,
+    /// and the requests behind it are charged to the target).
+    #[arg(long)]
+    no_spin: bool,
     #[arg(long)]
     no_pin: bool,
     #[arg(long)]
@@ -242,6 +252,10 @@ struct LoadArgs {
     request_size: usize,
     #[arg(long, default_value = "5s", value_parser = duration)]
     timeout: Duration,
+    /// Open loop: the generator spins between sends instead of sleeping on a timer (its CPU
+    /// stays busy), so a late timer interrupt of the host does not delay the requests.
+    #[arg(long)]
+    spin: bool,
     /// Pin the generator to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
@@ -506,6 +520,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         response_size: a.response_size,
         pinning: pinning(a.no_pin),
         quick: a.quick,
+        spin: !a.no_spin,
     };
     if let Some((generator, _)) = settings.pinning {
         // Before any thread exists: the generator's runtime inherits it.
@@ -544,6 +559,7 @@ fn paired(a: PairedArgs) -> Result<()> {
         response_size: a.response_size,
         workers: a.workers.max(1),
         pinning: pinning(a.no_pin),
+        spin: !a.no_spin,
     };
     paired::check(&settings)?;
     let programs = programs(&a.tern)?;
@@ -601,6 +617,7 @@ fn load(a: LoadArgs) -> Result<()> {
         request_body: a.request_size,
         timeout: a.timeout,
         grace: Duration::from_secs(1),
+        spin: a.spin,
     };
     let r = loadgen::run(&spec, |_| {})?;
     if a.json {

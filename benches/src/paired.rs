@@ -37,6 +37,8 @@ pub struct Settings {
     pub response_size: usize,
     pub workers: usize,
     pub pinning: Option<(usize, usize)>,
+    /// Open loop: the generator spins instead of sleeping between sends (`Spec::spin`).
+    pub spin: bool,
 }
 
 /// A target over a protocol: what takes a turn in each cycle.
@@ -160,6 +162,7 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
             request_body: 0,
             timeout: Duration::from_secs(2),
             grace: Duration::from_millis(500),
+            spin: settings.spin,
         };
         // Every target warm before the first cycle.
         for (runner, r) in &running {
@@ -297,17 +300,47 @@ pub fn pairs(o: &Outcome, subject: Runner) -> Vec<Pair> {
         .collect()
 }
 
-/// `runner`'s latency over `direct`'s on the same protocol, cycle by cycle: the medians of
-/// the per-cycle differences (p50, p99), when `direct` is one of the runners.
-pub fn added_over_direct(o: &Outcome, runner: Runner) -> Option<(f64, f64)> {
+/// `runner`'s latency over `direct`'s on the same protocol, cycle by cycle, when `direct` is
+/// one of the runners.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Added {
+    /// Medians of the per-cycle differences (µs).
+    pub p50: f64,
+    pub p99: f64,
+    pub cycles: usize,
+    /// The same over the cycles in which neither window lost time to the hypervisor
+    /// (`None` when there was no such cycle).
+    pub quiet: Option<(f64, f64, usize)>,
+}
+
+pub fn added_over_direct(o: &Outcome, runner: Runner) -> Option<Added> {
     let direct = Runner {
         target: TargetName::Direct,
         protocol: runner.protocol,
     };
     let both = cycles_of(o, runner, direct);
-    median(both.iter().map(|(a, d)| a.p50_us - d.p50_us).collect()).zip(median(
-        both.iter().map(|(a, d)| a.p99_us - d.p99_us).collect(),
-    ))
+    let medians = |cycles: &[&(&Window, &Window)]| {
+        median(cycles.iter().map(|(a, d)| a.p50_us - d.p50_us).collect()).zip(median(
+            cycles.iter().map(|(a, d)| a.p99_us - d.p99_us).collect(),
+        ))
+    };
+    let all: Vec<_> = both.iter().collect();
+    let quiet: Vec<_> = both
+        .iter()
+        .filter(|(a, d)| !stolen(a) && !stolen(d))
+        .collect();
+    let (p50, p99) = medians(&all)?;
+    Some(Added {
+        p50,
+        p99,
+        cycles: all.len(),
+        quiet: medians(&quiet).map(|(p50, p99)| (p50, p99, quiet.len())),
+    })
+}
+
+/// The hypervisor took time from a CPU during the window.
+fn stolen(w: &Window) -> bool {
+    w.steal_ms.iter().any(|&ms| ms > 0.0)
 }
 
 /// Windows whose p99 is far over their runner's usual one: over twice its median p99 and
@@ -349,7 +382,7 @@ fn stalls(w: &Window) -> String {
 /// many windows each: does the hypervisor explain the tail?
 pub fn by_steal(o: &Outcome, runner: Runner) -> [(Option<f64>, usize); 2] {
     let mine = || o.windows.iter().filter(move |w| w.runner == runner);
-    let stolen = |w: &&Window| w.steal_ms.iter().any(|&ms| ms > 0.0);
+    let stolen = |w: &&Window| stolen(w);
     let of = |v: Vec<f64>| {
         let n = v.len();
         (median(v), n)
@@ -381,6 +414,7 @@ pub fn markdown(o: &Outcome) -> String {
         s.settle,
         o.seconds
     );
+    let _ = writeln!(md, "{}\n", crate::report::generator_waits(s.spin));
     let _ = writeln!(
         md,
         "| target | CPU µs/req | p50 µs | p99 µs | failed requests |\n|---|--:|--:|--:|--:|"
@@ -418,7 +452,7 @@ pub fn markdown(o: &Outcome) -> String {
         }
         md.push('\n');
     }
-    let added: Vec<(Runner, (f64, f64))> = s
+    let added: Vec<(Runner, Added)> = s
         .runners()
         .into_iter()
         .filter(|r| r.target != TargetName::Direct)
@@ -427,10 +461,18 @@ pub fn markdown(o: &Outcome) -> String {
     if !added.is_empty() {
         let _ = writeln!(
             md,
-            "Added latency over `direct` on the same protocol, cycle by cycle (medians of the per-cycle differences, µs):\n\n| target | added p50 | added p99 |\n|---|--:|--:|"
+            "Added latency over `direct` on the same protocol, cycle by cycle (medians of the per-cycle differences, µs), over all cycles and over the cycles in which the hypervisor stole no time during either window:\n\n| target | added p50 | added p99 | without steal: added p50 | added p99 | cycles |\n|---|--:|--:|--:|--:|--:|"
         );
-        for (r, (p50, p99)) in added {
-            let _ = writeln!(md, "| {r} | {p50:+.0} | {p99:+.0} |");
+        for (r, a) in added {
+            let (q50, q99, n) = match a.quiet {
+                Some((p50, p99, n)) => (format!("{p50:+.0}"), format!("{p99:+.0}"), n),
+                None => ("–".to_owned(), "–".to_owned(), 0),
+            };
+            let _ = writeln!(
+                md,
+                "| {r} | {:+.0} | {:+.0} | {q50} | {q99} | {n} of {} |",
+                a.p50, a.p99, a.cycles
+            );
         }
         md.push('\n');
     }
@@ -527,6 +569,7 @@ mod tests {
             response_size: 1024,
             workers: 1,
             pinning: Some((0, 1)),
+            spin: false,
         }
     }
 
@@ -589,27 +632,43 @@ mod tests {
     #[test]
     fn added_latency_is_paired_with_direct_in_the_same_cycle() {
         use TargetName::{Direct, Tern};
-        // direct drifts 100 → 150 → 105; Tern sits 20-30 µs over it in each cycle.
+        // direct drifts 100 → 150 → 105 → 110; Tern sits 20-30 µs over it in each cycle.
         let mut windows = vec![
             w(Direct, 1, 0.0, 100.0),
             w(Tern, 1, 40.0, 120.0),
             w(Direct, 2, 0.0, 150.0),
             w(Tern, 2, 45.0, 180.0),
             w(Direct, 3, 0.0, 105.0),
-            w(Tern, 3, 41.0, 130.0),
+            w(Tern, 3, 41.0, 131.0),
+            w(Direct, 4, 0.0, 110.0),
+            w(Tern, 4, 41.0, 132.0),
         ];
         for d in windows.iter_mut().filter(|w| w.runner.target == Direct) {
             d.cpu_us_per_request = None;
         }
-        let o = outcome(vec![Direct, Tern], 3, windows);
+        // The hypervisor stole 20 ms from CPU 1 in direct's window of cycle 2.
+        windows[2].steal_ms = vec![0.0, 20.0];
+        let o = outcome(vec![Direct, Tern], 4, windows);
         let tern = Runner {
             target: Tern,
             protocol: Protocol::Http1,
         };
-        // p50 differences 20, 30, 25; p99 (2 × p50) 40, 60, 50.
-        assert_eq!(added_over_direct(&o, tern), Some((25.0, 50.0)));
+        // p50 differences 20, 30, 26, 22; p99 (2 × p50) 40, 60, 52, 44. Without cycle 2:
+        // 20, 26, 22 and 40, 52, 44.
+        assert_eq!(
+            added_over_direct(&o, tern),
+            Some(Added {
+                p50: 24.0,
+                p99: 48.0,
+                cycles: 4,
+                quiet: Some((22.0, 44.0, 3)),
+            })
+        );
         let md = markdown(&o);
-        assert!(md.contains("| tern | +25 | +50 |"), "{md}");
+        assert!(
+            md.contains("| tern | +24 | +48 | +22 | +44 | 3 of 4 |"),
+            "{md}"
+        );
         // direct has no proxy CPU: no ratio against it.
         assert!(md.contains("| direct | – | 0 of 0 |"), "{md}");
     }

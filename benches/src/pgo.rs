@@ -106,6 +106,7 @@ pub fn training_settings(
         response_size,
         pinning: None,
         quick: true,
+        spin: false,
     }
 }
 

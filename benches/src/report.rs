@@ -635,6 +635,15 @@ pub fn signed(x: Option<f64>) -> String {
     x.map_or_else(|| "–".to_owned(), |v| format!("{v:+.0}"))
 }
 
+/// How the generator waited between open-loop sends, for the reports.
+pub fn generator_waits(spin: bool) -> &'static str {
+    if spin {
+        "Open loop: the generator spins between sends (its CPU busy), so no late timer interrupt of the host delays a request (`--no-spin` sleeps instead)."
+    } else {
+        "Open loop: the generator sleeps on a timer between sends (`--no-spin`): a timer interrupt the host delivers late delays the requests behind it, and the target is charged for them."
+    }
+}
+
 /// The report as markdown.
 pub fn markdown(r: &Report) -> String {
     let o = &r.outcome;
@@ -682,6 +691,7 @@ pub fn markdown(r: &Report) -> String {
         st.measure,
         st.workers,
     );
+    let _ = writeln!(md, "{}\n", generator_waits(st.spin));
     let _ = writeln!(
         md,
         "{}\n",
@@ -1151,6 +1161,7 @@ mod tests {
                 response_size: 1024,
                 pinning: Some((0, 1)),
                 quick: true,
+                spin: false,
             },
             skipped: Vec::new(),
             runs,
