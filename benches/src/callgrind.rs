@@ -311,7 +311,8 @@ fn start_hops(
             } else {
                 &["tern"]
             };
-            let (listener, upstream) = crate::targets::tern_protocols(settings.protocol, false);
+            let (listener, upstream) =
+                crate::targets::tern_protocols(settings.protocol, crate::targets::TernShape::One);
             let mut next = backend;
             for name in names {
                 let (admin, listen) = (free_addr()?, free_addr()?);

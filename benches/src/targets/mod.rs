@@ -40,6 +40,13 @@ pub enum TargetName {
     TernBase,
     /// One Tern proxy with a `protocol: auto` listener (per-connection detection).
     TernAuto,
+    /// One Tern proxy whose upstream is always HTTP/1.1, whatever the listener speaks: over
+    /// h2c it is set up as `nginx` is (which cannot proxy to an HTTP/2 upstream), for a
+    /// like-for-like h2c comparison. Over HTTP/1.1 it is `tern`. Not in the default runs:
+    /// name it (`paired --targets direct,tern,tern-h1-upstream,nginx --protocols h2`).
+    #[value(name = "tern-h1-upstream")]
+    #[serde(rename = "tern-h1-upstream")]
+    TernH1Upstream,
     /// Two Tern proxies in a row: client sidecar, then server sidecar.
     TernMesh,
     /// One Tern proxy whose route has retries, a timeout, a rate limit that never limits,
@@ -86,6 +93,7 @@ impl TargetName {
             TargetName::Tern => "tern",
             TargetName::TernBase => "tern-base",
             TargetName::TernAuto => "tern-auto",
+            TargetName::TernH1Upstream => "tern-h1-upstream",
             TargetName::TernMesh => "tern-mesh",
             TargetName::TernResilient => "tern-resilient",
             TargetName::TernTraced => "tern-traced",
@@ -103,6 +111,7 @@ impl TargetName {
         matches!(
             self,
             TargetName::TernAuto
+                | TargetName::TernH1Upstream
                 | TargetName::TernResilient
                 | TargetName::TernTraced
                 | TargetName::TernTraced1
@@ -251,6 +260,7 @@ pub fn make(name: TargetName, programs: &Programs) -> Box<dyn Target> {
         TargetName::Tern => tern(tern::Shape::One),
         TargetName::TernBase => tern(tern::Shape::Base),
         TargetName::TernAuto => tern(tern::Shape::Auto),
+        TargetName::TernH1Upstream => tern(tern::Shape::H1Upstream),
         TargetName::TernMesh => tern(tern::Shape::Mesh),
         TargetName::TernResilient => tern(tern::Shape::Resilient),
         TargetName::TernTraced | TargetName::TernTraced1 | TargetName::TernSampled1 => {
@@ -310,6 +320,6 @@ pub use haproxy::config as haproxy_config;
 pub use nginx::{args as nginx_args, config as nginx_config};
 pub use relay::args as relay_args;
 pub use tern::{
-    Layers as TernLayers, Sampling as TernSampling, config as tern_config,
+    Layers as TernLayers, Sampling as TernSampling, Shape as TernShape, config as tern_config,
     log_path as tern_log_path, protocols as tern_protocols,
 };

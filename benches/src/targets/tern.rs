@@ -20,6 +20,8 @@ pub enum Shape {
     Base,
     /// One proxy, listener `auto` (detects the protocol per connection).
     Auto,
+    /// One proxy, listener protocol fixed, upstream always `http1`.
+    H1Upstream,
     /// Client sidecar → server sidecar → backend, both with fixed listener protocols.
     Mesh,
     /// One proxy, the route with retries, a timeout and a rate limit that never limits, the
@@ -179,18 +181,17 @@ backends:
     )
 }
 
-/// Listener and upstream protocol names in Tern's config for a run over `protocol`.
-pub fn protocols(protocol: Protocol, auto: bool) -> (&'static str, &'static str) {
-    match (protocol, auto) {
-        (_, true) => (
-            "auto",
-            match protocol {
-                Protocol::Http1 => "http1",
-                Protocol::Http2 => "http2",
-            },
-        ),
-        (Protocol::Http1, false) => ("http1", "http1"),
-        (Protocol::Http2, false) => ("http2", "http2"),
+/// Listener and upstream protocol names in Tern's config for a run of `shape` over
+/// `protocol`.
+pub fn protocols(protocol: Protocol, shape: Shape) -> (&'static str, &'static str) {
+    let fixed = match protocol {
+        Protocol::Http1 => "http1",
+        Protocol::Http2 => "http2",
+    };
+    match shape {
+        Shape::Auto => ("auto", fixed),
+        Shape::H1Upstream => (fixed, "http1"),
+        _ => (fixed, fixed),
     }
 }
 
@@ -238,6 +239,7 @@ impl Target for Tern {
             Shape::One => TargetName::Tern,
             Shape::Base => TargetName::TernBase,
             Shape::Auto => TargetName::TernAuto,
+            Shape::H1Upstream => TargetName::TernH1Upstream,
             Shape::Mesh => TargetName::TernMesh,
             Shape::Resilient => TargetName::TernResilient,
             Shape::Traced(s) => s.target(),
@@ -257,7 +259,7 @@ impl Target for Tern {
     }
 
     fn note(&self, protocol: Protocol) -> Option<String> {
-        let (listener, upstream) = protocols(protocol, matches!(self.shape, Shape::Auto));
+        let (listener, upstream) = protocols(protocol, self.shape);
         Some(match self.shape {
             Shape::Mesh => format!(
                 "two proxies (client sidecar → server sidecar), each listener `{listener}`, upstream `{upstream}`; CPU and RSS are the sum of both"
@@ -279,7 +281,7 @@ impl Target for Tern {
     }
 
     fn start(&self, setup: &Setup<'_>) -> Result<Running> {
-        let (listener, upstream) = protocols(setup.protocol, matches!(self.shape, Shape::Auto));
+        let (listener, upstream) = protocols(setup.protocol, self.shape);
         let mut procs = Vec::new();
         // Server sidecar first (it is what the client sidecar forwards to).
         let mut next = setup.backend;
@@ -364,6 +366,31 @@ mod tests {
         assert_eq!(of(TargetName::TernTraced1), Some((0.01, 1.0)));
         assert_eq!(of(TargetName::TernSampled1), Some((0.01, 0.01)));
         assert_eq!(of(TargetName::Tern), None);
+    }
+
+    /// Over h2c, `tern-h1-upstream` speaks HTTP/2 to the client and HTTP/1.1 to the backend,
+    /// as nginx does; every other shape keeps one protocol, or detects it (`auto`).
+    #[test]
+    fn listener_and_upstream_protocols_per_shape() {
+        use Protocol::{Http1, Http2};
+        assert_eq!(protocols(Http2, Shape::H1Upstream), ("http2", "http1"));
+        assert_eq!(protocols(Http1, Shape::H1Upstream), ("http1", "http1"));
+        assert_eq!(protocols(Http2, Shape::One), ("http2", "http2"));
+        assert_eq!(protocols(Http2, Shape::Mesh), ("http2", "http2"));
+        assert_eq!(protocols(Http2, Shape::Auto), ("auto", "http2"));
+        assert_eq!(protocols(Http1, Shape::Auto), ("auto", "http1"));
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (listener, upstream) = protocols(Http2, Shape::H1Upstream);
+        let text = config(addr(1), addr(2), listener, addr(3), upstream, 1, &Layers::Plain);
+        let parsed = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        validate(&parsed).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(text.contains("protocol: http2") && text.contains("protocol: http1"), "{text}");
+        let target = Tern::new(Err(anyhow::anyhow!("unused")), Shape::H1Upstream);
+        assert_eq!(target.name(), TargetName::TernH1Upstream);
+        assert_eq!(
+            target.note(Http2).as_deref(),
+            Some("listener `http2`, upstream `http1`")
+        );
     }
 
     #[test]
