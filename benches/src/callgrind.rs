@@ -302,6 +302,7 @@ fn start_hops(
         TargetName::Tern
         | TargetName::TernBase
         | TargetName::TernMesh
+        | TargetName::TernH1Upstream
         | TargetName::TernResilient
         | TargetName::TernTraced
         | TargetName::TernTraced1
@@ -311,8 +312,12 @@ fn start_hops(
             } else {
                 &["tern"]
             };
-            let (listener, upstream) =
-                crate::targets::tern_protocols(settings.protocol, crate::targets::TernShape::One);
+            let shape = if case == TargetName::TernH1Upstream {
+                crate::targets::TernShape::H1Upstream
+            } else {
+                crate::targets::TernShape::One
+            };
+            let (listener, upstream) = crate::targets::tern_protocols(settings.protocol, shape);
             let mut next = backend;
             for name in names {
                 let (admin, listen) = (free_addr()?, free_addr()?);

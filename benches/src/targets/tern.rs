@@ -381,10 +381,21 @@ mod tests {
         assert_eq!(protocols(Http1, Shape::Auto), ("auto", "http1"));
         let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let (listener, upstream) = protocols(Http2, Shape::H1Upstream);
-        let text = config(addr(1), addr(2), listener, addr(3), upstream, 1, &Layers::Plain);
+        let text = config(
+            addr(1),
+            addr(2),
+            listener,
+            addr(3),
+            upstream,
+            1,
+            &Layers::Plain,
+        );
         let parsed = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         validate(&parsed).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert!(text.contains("protocol: http2") && text.contains("protocol: http1"), "{text}");
+        assert!(
+            text.contains("protocol: http2") && text.contains("protocol: http1"),
+            "{text}"
+        );
         let target = Tern::new(Err(anyhow::anyhow!("unused")), Shape::H1Upstream);
         assert_eq!(target.name(), TargetName::TernH1Upstream);
         assert_eq!(
