@@ -77,7 +77,8 @@ pub struct PhaseResult {
     pub connections: usize,
     pub streams: usize,
     pub load: loadgen::Report,
-    /// CPU (utime + stime) of the proxy processes over the window ÷ responses in it.
+    /// CPU (schedstat run time; utime + stime when a thread left) of the proxy processes over
+    /// the window ÷ responses in it.
     pub proxy_cpu_us_per_request: Option<f64>,
     pub proxy_cpu_percent: Option<f64>,
     pub backend_cpu_us_per_request: f64,

@@ -631,8 +631,8 @@ struct PreciseTimer {
 }
 
 impl PreciseTimer {
-    /// `spin`: never sleep (`Spec::spin`). Otherwise a timerfd, falling back to tokio's timer
-    /// plus spinning where a timerfd cannot be had.
+    /// `spin`: never sleep (`Spec::spin`). Otherwise a timerfd, falling back to spinning where
+    /// a timerfd cannot be had.
     fn new(spin: bool) -> PreciseTimer {
         if spin {
             return PreciseTimer { fd: None };
