@@ -961,6 +961,13 @@ pub fn markdown(r: &Report) -> String {
             };
             let _ = writeln!(md, "| {} | {} | {verdict} |", g.goal, g.measured);
         }
+        if let Some(&r0) = o.settings.rates.first() {
+            let _ = writeln!(
+                md,
+                "\nThe goals at {} req/s that set Tern against nginx, or HTTP/2 against HTTP/1.1, are closer than this host's drift between rounds (see the spread tables): judge them by `tern-benches paired --protocols h1,h2`, which pairs the two sides seconds apart over many cycles (benches/README.md).",
+                rate_label(r0)
+            );
+        }
         md.push('\n');
     }
 
@@ -1224,6 +1231,13 @@ mod tests {
         };
         assert_eq!(goal("throughput ≥ 4× Envoy's"), Some(Some(true)));
         assert_eq!(goal("added p50"), Some(None));
+        // The 2k goals against nginx are closer than a host's drift: the report says where
+        // to judge them.
+        assert!(
+            md.contains("The goals at 2k req/s that set Tern against nginx")
+                && md.contains("`tern-benches paired --protocols h1,h2`"),
+            "{md}"
+        );
     }
 
     #[test]
