@@ -392,8 +392,12 @@ mod tests {
         );
         let parsed = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         validate(&parsed).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert!(
-            text.contains("protocol: http2") && text.contains("protocol: http1"),
+        assert_eq!(
+            (parsed.listeners[0].protocol, parsed.backends[0].protocol),
+            (
+                tern_proxy::config::ListenerProtocol::Http2,
+                tern_proxy::config::UpstreamProtocol::Http1
+            ),
             "{text}"
         );
         let target = Tern::new(Err(anyhow::anyhow!("unused")), Shape::H1Upstream);
