@@ -62,6 +62,22 @@ enum Cmd {
     Relay(RelayArgs),
 }
 
+/// How `compare` and `paired` pace their open loops.
+#[derive(Args)]
+struct Pacing {
+    /// Open loop: sleep on a timer between sends instead of spinning (the default spins: on
+    /// a VM a sleeping generator's timer interrupt now and then arrives milliseconds late,
+    /// and the requests behind it are charged to the target).
+    #[arg(long)]
+    no_spin: bool,
+}
+
+impl Pacing {
+    fn spins(&self) -> bool {
+        !self.no_spin
+    }
+}
+
 #[derive(Args)]
 struct TernBin {
     /// The tern-proxy binary [default: target/release/tern-proxy, built first].
@@ -122,11 +138,8 @@ struct CompareArgs {
     request_size: usize,
     #[arg(long, default_value = "GET")]
     method: String,
-    /// Open loop: sleep on a timer between sends instead of spinning (the default spins: on
-    /// a VM a sleeping generator's timer interrupt now and then arrives milliseconds late,
-    /// and the requests behind it are charged to the target).
-    #[arg(long)]
-    no_spin: bool,
+    #[command(flatten)]
+    pacing: Pacing,
     /// Do not pin the generator and the targets to separate CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -204,11 +217,8 @@ struct PairedArgs {
     response_size: usize,
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Open loop: sleep on a timer between sends instead of spinning (the default spins: on
-    /// a VM a sleeping generator's timer interrupt now and then arrives milliseconds late,
-    /// and the requests behind it are charged to the target).
-    #[arg(long)]
-    no_spin: bool,
+    #[command(flatten)]
+    pacing: Pacing,
     #[arg(long)]
     no_pin: bool,
     #[arg(long)]
@@ -520,7 +530,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         response_size: a.response_size,
         pinning: pinning(a.no_pin),
         quick: a.quick,
-        spin: !a.no_spin,
+        spin: a.pacing.spins(),
     };
     if let Some((generator, _)) = settings.pinning {
         // Before any thread exists: the generator's runtime inherits it.
@@ -559,7 +569,7 @@ fn paired(a: PairedArgs) -> Result<()> {
         response_size: a.response_size,
         workers: a.workers.max(1),
         pinning: pinning(a.no_pin),
-        spin: !a.no_spin,
+        spin: a.pacing.spins(),
     };
     paired::check(&settings)?;
     let programs = programs(&a.tern)?;
