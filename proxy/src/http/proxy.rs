@@ -270,23 +270,27 @@ async fn forward<'s>(
     // route rewrites, and the URI form the upstream protocol wants.
     let proto = backend.settings.protocol;
     let new_path = rewritten_path(route, &path, found.prefix_len);
+    // The authority the upstream sees, when it is not already in the request: HTTP/1 keeps
+    // the client's Host header, HTTP/2 the URI's authority (which `authority` checked
+    // against any Host header).
     let host_value = match &route.rewrite_host {
         Some(h) => Some(h.clone()),
-        None if req.headers().contains_key(HOST) && proto == UpstreamProtocol::Http1 => None,
+        None if proto == UpstreamProtocol::Http1 && req.headers().contains_key(HOST) => None,
+        None if proto == UpstreamProtocol::Http2 && req.uri().authority().is_some() => None,
         None => HeaderValue::from_str(host).ok(),
     };
     let changed_path = new_path.as_deref().or(match &path {
         std::borrow::Cow::Owned(p) => Some(p.as_str()),
         std::borrow::Cow::Borrowed(_) => None,
     });
-    let uri = match upstream_uri(req.uri(), changed_path, proto, host_value.as_ref()) {
-        Ok(u) => u,
+    match upstream_uri(req.uri(), changed_path, proto, host_value.as_ref()) {
+        Ok(Some(uri)) => *req.uri_mut() = uri,
+        Ok(None) => {}
         Err(e) => {
             cold_path();
             return Err((e, m));
         }
-    };
-    *req.uri_mut() = uri;
+    }
 
     let upgrade = proto == UpstreamProtocol::Http1 && is_upgrade(&req);
     let headers = req.headers_mut();
@@ -520,16 +524,27 @@ pub(crate) async fn tunnel(
     let _ = tokio::io::copy_bidirectional(&mut down, &mut u).await;
 }
 
-/// Whether an HTTP/2 upstream refused the stream (RFC 9113 §8.7: it did no work on it), or
-/// sent GOAWAY before the stream began (hyper reports that the same way).
-/// The URI to send upstream: origin-form for HTTP/1, absolute for HTTP/2 (`:scheme` and
-/// `:authority` come from it). Reuses the client's URI untouched when nothing changed.
+/// The URI to send upstream: origin-form for HTTP/1, absolute with scheme `http` for HTTP/2
+/// (`:scheme` and `:authority` come from it; `host`, if given, is the authority). `None` when
+/// the client's URI already is that, as it is for a request that arrived over the upstream's
+/// protocol with no rewrite: it is sent untouched, with nothing copied or parsed again.
 fn upstream_uri(
     uri: &Uri,
     new_path: Option<&str>,
     proto: UpstreamProtocol,
     host: Option<&HeaderValue>,
-) -> Result<Uri, ProxyError> {
+) -> Result<Option<Uri>, ProxyError> {
+    let unchanged = new_path.is_none()
+        && uri.path_and_query().is_some()
+        && match proto {
+            UpstreamProtocol::Http1 => uri.scheme().is_none() && uri.authority().is_none(),
+            UpstreamProtocol::Http2 => {
+                host.is_none() && uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some()
+            }
+        };
+    if unchanged {
+        return Ok(None);
+    }
     let bad = || ProxyError::BadRequest("cannot build the upstream request target\n");
     let pq: PathAndQuery = match new_path {
         Some(p) => {
@@ -545,7 +560,7 @@ fn upstream_uri(
         },
     };
     match proto {
-        UpstreamProtocol::Http1 => Ok(Uri::from(pq)),
+        UpstreamProtocol::Http1 => Ok(Some(Uri::from(pq))),
         UpstreamProtocol::Http2 => {
             let authority = match (host, uri.authority()) {
                 (Some(h), _) => Authority::try_from(h.as_bytes()).map_err(|_| bad())?,
@@ -557,6 +572,7 @@ fn upstream_uri(
                 .authority(authority)
                 .path_and_query(pq)
                 .build()
+                .map(Some)
                 .map_err(|_| bad())
         }
     }
@@ -668,6 +684,51 @@ mod tests {
         assert_eq!(apply_path_modifier(&root, "/api", 4), "/");
         let slash = PathModifier::ReplacePrefixMatch("/v2/".into());
         assert_eq!(apply_path_modifier(&slash, "/api/x", 4), "/v2/x");
+    }
+
+    #[test]
+    fn upstream_uri_is_rebuilt_only_when_it_must_change() -> Result<(), ProxyError> {
+        use UpstreamProtocol::{Http1, Http2};
+        let uri = |s: &str| s.parse::<Uri>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        let host = HeaderValue::from_static("shop.example");
+        // Already in the upstream's form: kept as is.
+        assert_eq!(upstream_uri(&uri("/a?b=1"), None, Http1, None)?, None);
+        assert_eq!(upstream_uri(&uri("http://x:8/a"), None, Http2, None)?, None);
+        // HTTP/1: absolute-form becomes origin-form; a new path keeps the query.
+        assert_eq!(
+            upstream_uri(&uri("http://x:8/a?q"), None, Http1, None)?,
+            Some(uri("/a?q"))
+        );
+        assert_eq!(
+            upstream_uri(&uri("/a?q"), Some("/v2/a"), Http1, None)?,
+            Some(uri("/v2/a?q"))
+        );
+        // HTTP/2: the scheme is always `http`, the authority comes from `host` if given, else
+        // from the URI, else `localhost`.
+        assert_eq!(
+            upstream_uri(&uri("https://x:8/a"), None, Http2, None)?,
+            Some(uri("http://x:8/a"))
+        );
+        assert_eq!(
+            upstream_uri(&uri("http://x:8/a"), None, Http2, Some(&host))?,
+            Some(uri("http://shop.example/a"))
+        );
+        assert_eq!(
+            upstream_uri(&uri("/a"), None, Http2, Some(&host))?,
+            Some(uri("http://shop.example/a"))
+        );
+        assert_eq!(
+            upstream_uri(&uri("/a"), None, Http2, None)?,
+            Some(uri("http://localhost/a"))
+        );
+        assert_eq!(
+            upstream_uri(&uri("http://x:8/a?q"), Some("/b"), Http2, None)?,
+            Some(uri("http://x:8/b?q"))
+        );
+        // An authority that cannot be one is the client's error.
+        let bad = HeaderValue::from_static("a b");
+        assert!(upstream_uri(&uri("/a"), None, Http2, Some(&bad)).is_err());
+        Ok(())
     }
 
     #[test]
