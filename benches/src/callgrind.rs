@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use http::Method;
+use http::{HeaderName, HeaderValue, Method};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
@@ -40,6 +40,21 @@ pub struct Settings {
     pub cases: Vec<TargetName>,
     /// Also simulate the caches (`--cache-sim=yes`) and report L1 misses per request.
     pub cache_sim: bool,
+    /// Sent on every request besides `Host`.
+    #[serde(serialize_with = "header_lines")]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The headers as `name: value` lines (values as sent, bytes past ASCII replaced).
+fn header_lines<S: serde::Serializer>(
+    headers: &[(HeaderName, HeaderValue)],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(
+        headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes()))),
+    )
 }
 
 /// One process's count in one case.
@@ -187,6 +202,7 @@ fn one_run(
             timeout: Duration::from_secs(60),
             grace: Duration::ZERO,
             spin: false,
+            headers: settings.headers.clone(),
         };
         let report = loadgen::run(&spec, |_| {})?;
         if report.failures() > 0 || report.ok != requests {
@@ -471,7 +487,7 @@ pub fn markdown(o: &Outcome) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Tern benchmark: instructions per request (callgrind)\n\n{} requests after {} warm-up, {}, GET, {} B responses, {} worker(s). Ir/request = (Ir with the requests − Ir without) ÷ {}; user-space instructions of the proxy process, libraries included.{}\n",
+        "# Tern benchmark: instructions per request (callgrind)\n\n{} requests after {} warm-up, {}, GET{}, {} B responses, {} worker(s). Ir/request = (Ir with the requests − Ir without) ÷ {}; user-space instructions of the proxy process, libraries included.{}\n",
         s.requests,
         s.warmup_requests,
         match s.protocol {
@@ -480,6 +496,12 @@ pub fn markdown(o: &Outcome) -> String {
                 "{} h2c connections × {} streams (HTTP/2 to the backend too; nginx's upstream is HTTP/1.1)",
                 s.connections, s.h2_streams
             ),
+        },
+        if s.headers.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = s.headers.iter().map(|(n, _)| n.as_str()).collect();
+            format!(" with {}", names.join(", "))
         },
         s.response_size,
         s.workers,
@@ -589,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn miss_columns_show_with_the_simulation_and_sum_over_a_case() {
+    fn miss_columns_show_with_the_simulation_and_sum_over_a_case() -> anyhow::Result<()> {
         let m = |process: &str, ir: f64, i1: f64| Measurement {
             case: TargetName::TernMesh,
             process: process.to_owned(),
@@ -612,6 +634,7 @@ mod tests {
                 peers: false,
                 cases: Vec::new(),
                 cache_sim: true,
+                headers: Vec::new(),
             },
             measurements: vec![m("client", 1_000.0, 600.0), m("server", 900.0, 500.0)],
             skipped: Vec::new(),
@@ -632,6 +655,24 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("I1 misses"), "{md}");
+        // Extra request headers are named in the set-up line and kept in the JSON.
+        assert!(md.contains("GET, 1024 B responses"), "{md}");
+        o.settings.headers = ["x-request-id: 1", "traceparent: 00-ab"]
+            .into_iter()
+            .map(loadgen::parse_header)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let md = markdown(&o);
+        assert!(
+            md.contains("GET with x-request-id, traceparent, 1024 B responses"),
+            "{md}"
+        );
+        let json = serde_json::to_value(&o.settings)?;
+        assert_eq!(
+            json["headers"],
+            serde_json::json!(["x-request-id: 1", "traceparent: 00-ab"])
+        );
+        Ok(())
     }
 
     #[test]

@@ -397,6 +397,7 @@ fn phases(
             timeout: settings.timeout,
             grace: settings.grace,
             spin: settings.spin,
+            headers: Vec::new(),
         };
         let phase = measure_phase(&spec, rate, running, backend)?;
         let l = &phase.load;

@@ -36,7 +36,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::header::HOST;
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -161,6 +161,21 @@ pub struct Spec {
     /// stalls"), and every request behind the late one is charged for it; a spinning
     /// generator takes no timer interrupts and reads responses without waking.
     pub spin: bool,
+    /// Headers sent on every request besides `Host` (a mix like real clients', whose
+    /// `x-request-id`, `traceparent` or business headers the proxy must parse).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A `name: value` request header from the command line.
+pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected `name: value`"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{s:?}: {:?} is not a header name", name.trim()))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("{s:?}: {:?} is not a header value", value.trim()))?;
+    Ok((name, value))
 }
 
 impl Spec {
@@ -335,6 +350,7 @@ struct RequestTemplate {
     method: Method,
     uri: Uri,
     host: Option<HeaderValue>,
+    headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
 }
 
@@ -345,6 +361,9 @@ impl RequestTemplate {
         *req.uri_mut() = self.uri.clone();
         if let Some(host) = &self.host {
             req.headers_mut().insert(HOST, host.clone());
+        }
+        for (name, value) in &self.headers {
+            req.headers_mut().append(name.clone(), value.clone());
         }
         req
     }
@@ -755,6 +774,7 @@ async fn run_inner(spec: &Spec, on_edge: &mut impl FnMut(Edge)) -> Result<Report
             Protocol::Http2 => spec.endpoint.absolute.clone(),
         },
         host: (spec.protocol == Protocol::Http1).then(|| spec.endpoint.host.clone()),
+        headers: spec.headers.clone(),
         body: Bytes::from(vec![b'x'; spec.request_body]),
     });
 
@@ -920,6 +940,7 @@ pub fn probe(endpoint: &Endpoint, protocol: Protocol, timeout: Duration) -> Resu
             Protocol::Http2 => endpoint.absolute.clone(),
         },
         host: (protocol == Protocol::Http1).then(|| endpoint.host.clone()),
+        headers: Vec::new(),
         body: Bytes::new(),
     };
     let addr = endpoint.addr;
@@ -964,6 +985,7 @@ pub(crate) mod tests {
             timeout: Duration::from_secs(5),
             grace: Duration::from_millis(500),
             spin: false,
+            headers: Vec::new(),
         }
     }
 
@@ -1067,6 +1089,32 @@ pub(crate) mod tests {
         assert_eq!(e.origin, "/a/b?c=d");
         assert_eq!(e.host, "127.0.0.1:8080");
         assert!(Endpoint::parse("https://127.0.0.1/").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn extra_headers_are_parsed_and_sent_on_every_request() -> Result<()> {
+        let parse = |s: &str| parse_header(s).map_err(anyhow::Error::msg);
+        let (name, value) = parse(" X-User-Id :  42 ")?;
+        assert_eq!((name.as_str(), value.as_bytes()), ("x-user-id", &b"42"[..]));
+        let (_, value) = parse("traceparent: 00-4bf9-00f0-01")?;
+        assert_eq!(value.as_bytes(), b"00-4bf9-00f0-01");
+        for bad in ["no colon", ": no name", "bad name: 1", "x-a: \u{7f}"] {
+            assert!(parse_header(bad).is_err(), "{bad:?}");
+        }
+        let template = RequestTemplate {
+            method: Method::GET,
+            uri: Uri::from_static("/"),
+            host: Some(HeaderValue::from_static("h")),
+            headers: vec![parse("x-user-id: 42")?, parse("x-user-id: 43")?],
+            body: Bytes::new(),
+        };
+        for _ in 0..2 {
+            let req = template.build();
+            let ids: Vec<_> = req.headers().get_all("x-user-id").iter().collect();
+            assert_eq!(ids, ["42", "43"]);
+            assert_eq!(req.headers()[HOST], "h");
+        }
         Ok(())
     }
 }

@@ -184,6 +184,11 @@ struct InstructionsArgs {
     /// (slower: about 3× the plain count).
     #[arg(long)]
     cache_sim: bool,
+    /// A header sent on every request besides `Host`, as `name: value` (repeat it for more):
+    /// what parsing a realistic client's headers costs (`x-request-id`, `traceparent`, business
+    /// headers; the default requests carry none).
+    #[arg(long, value_parser = loadgen::parse_header)]
+    header: Vec<(http::HeaderName, http::HeaderValue)>,
     #[arg(long)]
     keep: bool,
     #[command(flatten)]
@@ -269,6 +274,9 @@ struct LoadArgs {
     /// Pin the generator to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
+    /// A header sent on every request besides `Host`, as `name: value` (repeat it for more).
+    #[arg(long, value_parser = loadgen::parse_header)]
+    header: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -595,6 +603,7 @@ fn instructions(a: InstructionsArgs) -> Result<()> {
         peers: a.peers,
         cases: a.cases,
         cache_sim: a.cache_sim,
+        headers: a.header,
     };
     let scratch = scratch_dir(a.keep)?;
     let outcome = callgrind::run(&settings, &programs, scratch.0.path())?;
@@ -628,6 +637,7 @@ fn load(a: LoadArgs) -> Result<()> {
         timeout: a.timeout,
         grace: Duration::from_secs(1),
         spin: a.spin,
+        headers: a.header,
     };
     let r = loadgen::run(&spec, |_| {})?;
     if a.json {

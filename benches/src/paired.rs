@@ -170,6 +170,7 @@ pub fn run(settings: &Settings, programs: &Programs, scratch: &Path) -> Result<O
             timeout: Duration::from_secs(2),
             grace: Duration::from_millis(500),
             spin: settings.spin,
+            headers: Vec::new(),
         };
         // Every target warm before the first cycle.
         for (runner, r) in &running {
