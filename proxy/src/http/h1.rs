@@ -2,6 +2,7 @@
 //! the body decoder (length, chunked with trailers, or to the connection's end), field and
 //! chunk encoding, and `Content-Length` / `Transfer-Encoding` reading.
 
+use std::cell::RefCell;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -16,6 +17,10 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Most fields in a trailer section.
 const MAX_TRAILERS: usize = 32;
+/// Slots of each worker thread's header-name cache (`header_name`), a power of two, and the
+/// longest name kept there.
+const NAME_SLOTS: usize = 128;
+const KEPT_NAME_LEN: usize = 64;
 
 /// Where a body's decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,7 +341,7 @@ pub(crate) fn header_map(
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
         let name = head
             .get(n0..n1)
-            .and_then(|n| HeaderName::from_bytes(n).ok())
+            .and_then(header_name)
             .ok_or("invalid header name")?;
         if v1 > head.len() || v0 > v1 {
             return Err("invalid header value");
@@ -366,6 +371,46 @@ pub(crate) fn header_map(
     Ok((headers, framing))
 }
 
+/// A header name as it was spelled on the wire, and what it parsed to.
+type KeptName = Option<(Box<[u8]>, HeaderName)>;
+
+thread_local! {
+    static NAMES: RefCell<[KeptName; NAME_SLOTS]> = const {
+        RefCell::new([const { None }; NAME_SLOTS])
+    };
+}
+
+/// The header name `raw` spells, or `None` if it is not one.
+///
+/// `HeaderName::from_bytes` copies every name outside `http`'s standard list
+/// (`x-request-id`, `traceparent`, `x-forwarded-for`, a team's business headers) into an
+/// allocation of its own, on every message. The same names come back on every request, spelled
+/// the same way by the same peers, so each worker keeps the names it parsed in a small
+/// direct-mapped cache: one slot per spelling, chosen from its length and three of its bytes,
+/// and a hit is one `memcmp` and a reference-count clone. A miss parses as before and takes the
+/// slot; names a peer makes up anew each time cost that slot's replacement, no scan.
+pub(crate) fn header_name(raw: &[u8]) -> Option<HeaderName> {
+    let (Some(&first), Some(&last)) = (raw.first(), raw.last()) else {
+        return None;
+    };
+    let middle = raw.get(raw.len() / 2).copied().unwrap_or(first);
+    let key = (raw.len() as u32) << 24 | u32::from(first) << 16 | u32::from(middle) << 8;
+    let slot = ((key | u32::from(last)).wrapping_mul(0x9E37_79B1) >> 25) as usize % NAME_SLOTS;
+    NAMES.with_borrow_mut(|slots| {
+        let kept = slots.get_mut(slot)?;
+        if let Some((spelled, name)) = kept
+            && **spelled == *raw
+        {
+            return Some(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        if raw.len() <= KEPT_NAME_LEN {
+            *kept = Some((Box::from(raw), name.clone()));
+        }
+        Some(name)
+    })
+}
+
 /// For tests of parsers: `bytes` damaged at one to three places (a byte flipped, dropped or
 /// inserted, or the rest cut off), as hostile or broken peers send them.
 #[cfg(test)]
@@ -385,4 +430,96 @@ pub(crate) fn mangle(mut bytes: Vec<u8>, rng: &mut fastrand::Rng) -> Vec<u8> {
         }
     }
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept() -> usize {
+        NAMES.with_borrow(|slots| slots.iter().flatten().count())
+    }
+
+    #[test]
+    fn header_names_are_the_ones_http_parses_in_any_case() {
+        let id = HeaderName::from_static("x-request-id");
+        for _ in 0..2 {
+            for raw in [&b"X-Request-Id"[..], b"x-request-id", b"X-REQUEST-ID"] {
+                assert_eq!(header_name(raw), Some(id.clone()));
+            }
+            assert_eq!(header_name(b"Content-Length"), Some(CONTENT_LENGTH));
+        }
+        let before = kept();
+        assert!((1..=4).contains(&before), "{before}");
+        // Not names, and not kept: a near miss of a kept name included.
+        for raw in [
+            &b""[..],
+            b"x request-id",
+            b"x-request-id ",
+            b"a:b",
+            b"x-\xffid",
+        ] {
+            assert_eq!(header_name(raw), None, "{raw:?}");
+        }
+        assert_eq!(kept(), before);
+        // Too long to keep, still parsed.
+        let long = vec![b'x'; KEPT_NAME_LEN + 1];
+        assert_eq!(header_name(&long), HeaderName::from_bytes(&long).ok());
+        assert_eq!(kept(), before);
+    }
+
+    #[test]
+    fn names_made_up_anew_only_replace_slots() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut names = Vec::new();
+        for i in 0..2_000 {
+            let raw: Vec<u8> = format!("x-made-up-{i}-{}", rng.u32(..))
+                .bytes()
+                .map(|b| {
+                    if rng.bool() {
+                        b.to_ascii_uppercase()
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            let parsed = HeaderName::from_bytes(&raw).ok();
+            assert!(parsed.is_some());
+            assert_eq!(header_name(&raw), parsed);
+            // Seen again (a later message): the same name.
+            assert_eq!(header_name(&raw), parsed);
+            names.push((raw, parsed));
+        }
+        assert!(kept() <= NAME_SLOTS);
+        // Whatever each slot holds now, every spelling still gives its own name.
+        for (raw, parsed) in &names {
+            assert_eq!(header_name(raw), *parsed);
+        }
+    }
+
+    #[test]
+    fn a_usual_message_keeps_its_names_apart() {
+        // The names of a usual request and response mostly land in slots of their own, so
+        // each message finds them again.
+        let names: [&[u8]; 14] = [
+            b"Host",
+            b"User-Agent",
+            b"Accept",
+            b"Accept-Encoding",
+            b"Content-Type",
+            b"Content-Length",
+            b"Date",
+            b"Server",
+            b"Connection",
+            b"x-request-id",
+            b"traceparent",
+            b"tracestate",
+            b"x-forwarded-for",
+            b"x-user-id",
+        ];
+        for raw in names {
+            assert!(header_name(raw).is_some());
+        }
+        assert!(kept() >= 12, "{}", kept());
+    }
 }
