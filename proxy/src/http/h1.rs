@@ -20,6 +20,7 @@ const MAX_TRAILERS: usize = 32;
 /// Slots of each worker thread's header-name cache (`header_name`), a power of two, and the
 /// longest name kept there.
 const NAME_SLOTS: usize = 128;
+const _: () = assert!(NAME_SLOTS.is_power_of_two() && NAME_SLOTS > 1);
 const KEPT_NAME_LEN: usize = 64;
 
 /// Where a body's decoder stands.
@@ -395,7 +396,9 @@ pub(crate) fn header_name(raw: &[u8]) -> Option<HeaderName> {
     };
     let middle = raw.get(raw.len() / 2).copied().unwrap_or(first);
     let key = (raw.len() as u32) << 24 | u32::from(first) << 16 | u32::from(middle) << 8;
-    let slot = ((key | u32::from(last)).wrapping_mul(0x9E37_79B1) >> 25) as usize % NAME_SLOTS;
+    // Fibonacci hashing: the top bits of the product pick the slot.
+    let bits = NAME_SLOTS.trailing_zeros();
+    let slot = ((key | u32::from(last)).wrapping_mul(0x9E37_79B1) >> (32 - bits)) as usize;
     NAMES.with_borrow_mut(|slots| {
         let kept = slots.get_mut(slot)?;
         if let Some((spelled, name)) = kept
