@@ -173,6 +173,9 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
         .ok_or_else(|| format!("{s:?}: expected `name: value`"))?;
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| format!("{s:?}: {:?} is not a header name", name.trim()))?;
+    if name == HOST {
+        return Err(format!("{s:?}: Host comes from the URL"));
+    }
     let value = HeaderValue::from_str(value.trim())
         .map_err(|_| format!("{s:?}: {:?} is not a header value", value.trim()))?;
     Ok((name, value))
@@ -1099,7 +1102,13 @@ pub(crate) mod tests {
         assert_eq!((name.as_str(), value.as_bytes()), ("x-user-id", &b"42"[..]));
         let (_, value) = parse("traceparent: 00-4bf9-00f0-01")?;
         assert_eq!(value.as_bytes(), b"00-4bf9-00f0-01");
-        for bad in ["no colon", ": no name", "bad name: 1", "x-a: \u{7f}"] {
+        for bad in [
+            "no colon",
+            ": no name",
+            "bad name: 1",
+            "x-a: \u{7f}",
+            "Host: other",
+        ] {
             assert!(parse_header(bad).is_err(), "{bad:?}");
         }
         let template = RequestTemplate {
