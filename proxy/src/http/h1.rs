@@ -390,7 +390,7 @@ thread_local! {
 /// direct-mapped cache: one slot per spelling, chosen from its length and three of its bytes,
 /// and a hit is one `memcmp` and a reference-count clone. A miss parses as before and takes the
 /// slot; names a peer makes up anew each time cost that slot's replacement, no scan.
-pub(crate) fn header_name(raw: &[u8]) -> Option<HeaderName> {
+fn header_name(raw: &[u8]) -> Option<HeaderName> {
     let (Some(&first), Some(&last)) = (raw.first(), raw.last()) else {
         return None;
     };
